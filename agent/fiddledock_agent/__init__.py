@@ -1,0 +1,8 @@
+"""The FiddleDock in-container agent (standard library only, Python 3.8+).
+
+``bootstrap`` receives these modules over the container's stdin and starts
+``supervisor.main``; ``supervisor`` owns the channel to the notebook and the
+worker process; ``worker`` runs cells; ``display`` builds MIME bundles.
+"""
+
+MODULES = ("protocol", "display", "worker", "supervisor")

@@ -1,0 +1,117 @@
+"""The FiddleDock agent protocol: how the notebook side and the agent talk.
+
+Transport
+---------
+The agent reads requests from the container's stdin and writes events to the
+container's stdout; the client reaches both through the Docker API's attach
+endpoint (no port, no container network). Several clients may be attached at
+once: every request carries the sender's id in ``from`` and every event the
+addressee's id in ``to``; a client ignores events addressed to others.
+
+Frame
+-----
+Every message is one frame::
+
+    u32 header length | u32 payload length | header (JSON, UTF-8) | payload
+
+Lengths are big-endian. The header is a JSON object with at least ``type``;
+the payload carries raw bytes (cell source, output) so that output needs no
+escaping and bytes that are not UTF-8 pass through untouched.
+
+Requests (client -> agent)
+--------------------------
+``boot``          first frame to a fresh container: payload is a JSON object
+                  ``{module name: source}``; header has ``modules`` (load
+                  order) and ``config``. Only the bootstrap reads it.
+``hello``         who is there; answered by ``ready``.
+``execute``       run a cell. Header: ``id`` (cell id), ``timeout`` (seconds,
+                  0 = none), ``reset`` (fresh namespace first),
+                  ``output_limit`` (bytes), ``stdin`` (client can answer
+                  input()). Payload: the source, UTF-8.
+``interrupt``     KeyboardInterrupt in the running cell; ``kill: true``
+                  escalates at once.
+``input_reply``   header ``value`` (str) or ``error`` (str) for a pending
+                  ``input_request``.
+``reset``         fresh namespace (new worker process); answered by ``ready``.
+``shutdown``      stop the agent (the container then exits).
+
+Events (agent -> client)
+------------------------
+``need_boot``     the bootstrap is waiting for ``boot``.
+``ready``         header: ``version``, ``busy`` (a cell is running),
+                  ``worker`` (pid), ``notice`` (text or null).
+``busy``          the execute request was refused: another cell is running.
+``stream``        header ``name`` (stdout|stderr); payload: output bytes.
+``display``       header ``data`` (MIME bundle: mime type -> str or JSON),
+                  ``metadata``.
+``result``        like display, for the value of the cell's last expression.
+``input_request`` header ``prompt``, ``password``.
+``notice``        header ``text``: something the user should know (output
+                  truncated, worker restarted, ...).
+``done``          the cell ended. Header ``status``: ``ok``, ``error``
+                  (``error`` has ``ename``, ``evalue``, ``traceback`` lines),
+                  ``interrupted`` (KeyboardInterrupt, namespace kept) or
+                  ``killed`` (``reason``: why the worker died; its state is
+                  lost).
+
+Nothing here is ever unpickled or evaluated: headers are JSON, payloads bytes.
+This module is the single definition of the framing; the notebook side
+imports it too. Standard library only, Python 3.8+.
+"""
+
+import json
+import struct
+
+VERSION = 1
+HEADER = struct.Struct(">II")
+MAX_HEADER = 64 * 1024 * 1024
+MAX_PAYLOAD = 256 * 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """The byte stream is not a sequence of frames."""
+
+
+def encode(header, payload=b""):
+    """One frame as bytes."""
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return HEADER.pack(len(head), len(payload)) + head + payload
+
+
+class FrameReader:
+    """Incremental frame parser: feed bytes, take whole frames."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        self._buf += data
+
+    def frames(self):
+        """``[(header, payload), ...]`` for every complete frame buffered."""
+        buf = self._buf
+        out = []
+        pos = 0
+        while len(buf) - pos >= HEADER.size:
+            hlen, plen = HEADER.unpack_from(buf, pos)
+            if hlen > MAX_HEADER or plen > MAX_PAYLOAD:
+                raise ProtocolError("frame too large (%d, %d)" % (hlen, plen))
+            end = pos + HEADER.size + hlen + plen
+            if len(buf) < end:
+                break
+            start = pos + HEADER.size
+            try:
+                header = json.loads(bytes(buf[start:start + hlen]))
+            except ValueError as exc:
+                raise ProtocolError("bad frame header: %s" % exc)
+            if not isinstance(header, dict):
+                raise ProtocolError("frame header is not an object")
+            payload = bytes(buf[start + hlen:end])
+            pos = end
+            out.append((header, payload))
+        del buf[:pos]
+        return out
+
+    def pending(self):
+        """Bytes buffered that do not yet form a whole frame."""
+        return len(self._buf)

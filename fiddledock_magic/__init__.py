@@ -1,0 +1,31 @@
+"""FiddleDock: run notebook cells in hardened Docker containers.
+
+``%load_ext fiddledock_magic`` registers ``%%dockerrun`` and ``%dockerrun``.
+The names below are the public Python API; everything else is private.
+"""
+
+from ._config import DockerRun
+from ._errors import (AgentError, CellError, CellKilled, CellTimeout, EngineUnavailable,
+                      FiddleDockError, ImageBuildError, ImageNotFound, InstanceBusy,
+                      InstanceConflict, InstanceLost, InstanceNotFound)
+from ._extension import load_ipython_extension, unload_ipython_extension
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentError",
+    "CellError",
+    "CellKilled",
+    "CellTimeout",
+    "DockerRun",
+    "EngineUnavailable",
+    "FiddleDockError",
+    "ImageBuildError",
+    "ImageNotFound",
+    "InstanceBusy",
+    "InstanceConflict",
+    "InstanceLost",
+    "InstanceNotFound",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]

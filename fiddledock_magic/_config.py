@@ -1,0 +1,41 @@
+"""User configuration: ``%config DockerRun.<name> = value``.
+
+Environment variables give the starting values where it makes sense, so a
+deployment can set them without touching notebooks.
+"""
+
+import os
+
+from traitlets import CFloat, CInt, Dict, Unicode, default
+from traitlets.config import Configurable
+
+from ._image import DEFAULT_IMAGE
+
+
+class DockerRun(Configurable):
+    """Settings of the ``%%dockerrun`` magic and the instances it creates."""
+
+    image = Unicode(help="Image for new instances (env FIDDLEDOCK_IMAGE).").tag(config=True)
+    timeout = CFloat(300.0, help="Wall-clock limit of one cell in seconds; 0 means none.").tag(config=True)
+    memory = Unicode("512m", help="Memory limit of a new instance (no extra swap).").tag(config=True)
+    cpus = CFloat(1.0, help="CPU limit of a new instance, in cores.").tag(config=True)
+    pids = CInt(256, help="Process limit of a new instance.").tag(config=True)
+    disk = Unicode("256m", help="Size of each writable tmpfs (/tmp and the home folder).").tag(config=True)
+    network = Unicode("none", help="Network of a new instance: none or bridge.").tag(config=True)
+    runtime = Unicode("runc", help="OCI runtime of a new instance: runc or runsc (gVisor).").tag(config=True)
+    env = Dict(help="Environment variables set in new instances.").tag(config=True)
+    idle_timeout = CFloat(3600.0, help="An instance no client used for this many seconds stops itself.").tag(config=True)
+    output_limit = CInt(4 * 1024 * 1024, help="Bytes of output kept beneath one cell; the rest is dropped with a notice.").tag(config=True)
+    interrupt_grace = CFloat(2.0, help="Seconds code may ignore KeyboardInterrupt before it is killed.").tag(config=True)
+    pool_size = CInt(0, help="Instances kept started in the background for fast creation.").tag(config=True)
+    default_instance = Unicode("default", help="Instance a bare %%dockerrun uses.").tag(config=True)
+    scope = Unicode(help="What instance names are scoped to; default: the notebook's path "
+                         "(JPY_SESSION_NAME), else the working folder.").tag(config=True)
+
+    @default("image")
+    def _default_image(self):
+        return os.environ.get("FIDDLEDOCK_IMAGE") or DEFAULT_IMAGE
+
+    @default("scope")
+    def _default_scope(self):
+        return os.environ.get("JPY_SESSION_NAME") or os.getcwd()

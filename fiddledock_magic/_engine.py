@@ -1,0 +1,187 @@
+"""The engine seam: every call FiddleDock makes to Docker goes through here.
+
+The instance layer asks for containers in plain terms (create, start,
+attach, inspect, remove, stats, archives); a Kubernetes backend would
+implement the same methods. ``DOCKER_HOST`` and the other ``DOCKER_*``
+variables are honoured through ``docker.from_env``.
+"""
+
+import socket
+import urllib.parse
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from ._errors import EngineUnavailable, FiddleDockError, ImageNotFound
+
+LABEL = "fiddledock"  # every container of ours carries fiddledock=1
+
+
+def _engine_error(exc):
+    return EngineUnavailable(
+        "cannot reach the Docker engine (%s). Start it (scripts/ensure-engine.sh "
+        "does, on Linux as root) or point DOCKER_HOST at one." % _short(exc))
+
+
+def _short(exc):
+    text = str(exc).strip().splitlines()
+    return text[-1][:200] if text else type(exc).__name__
+
+
+class Engine:
+    """A Docker engine, reached lazily on first use."""
+
+    def __init__(self, client=None):
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                self._client = docker.from_env()
+            except docker.errors.DockerException as exc:
+                raise _engine_error(exc) from None
+        return self._client
+
+    @property
+    def api(self):
+        return self.client.api
+
+    def call(self, fn, *args, **kwargs):
+        """Run an API call, turning connection failures into EngineUnavailable."""
+        try:
+            return fn(*args, **kwargs)
+        except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+            raise _engine_error(exc) from None
+        except docker.errors.DockerException as exc:
+            if isinstance(exc, docker.errors.APIError):
+                raise
+            raise _engine_error(exc) from None
+
+    # --- images -------------------------------------------------------------
+    def image_exists(self, image):
+        try:
+            self.call(self.api.inspect_image, image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+
+    # --- containers -----------------------------------------------------------
+    def inspect(self, name_or_id):
+        """The container's inspect data, or None if there is none."""
+        try:
+            return self.call(self.api.inspect_container, name_or_id)
+        except docker.errors.NotFound:
+            return None
+
+    def list(self, labels=None, all=True):
+        """Summaries of our containers, optionally narrowed by more labels."""
+        filters = ["%s=1" % LABEL]
+        for key, value in (labels or {}).items():
+            filters.append("%s=%s" % (key, value))
+        return self.call(self.api.containers, all=all, filters={"label": filters})
+
+    def create(self, name, config, host_config):
+        """Create a container; ``config`` and ``host_config`` are plain dicts."""
+        hc = self.api.create_host_config(**host_config)
+        try:
+            created = self.call(self.api.create_container, name=name,
+                                host_config=hc, **config)
+        except docker.errors.ImageNotFound:
+            raise ImageNotFound(config.get("image"))
+        except docker.errors.APIError as exc:
+            if exc.status_code == 404 and "image" in str(exc).lower():
+                raise ImageNotFound(config.get("image"))
+            raise FiddleDockError("the engine refused to create %s: %s"
+                                  % (name, exc.explanation or exc)) from None
+        return created["Id"]
+
+    def start(self, container_id):
+        try:
+            self.call(self.api.start, container_id)
+        except docker.errors.APIError as exc:
+            raise FiddleDockError("the engine could not start the container: %s"
+                                  % (exc.explanation or exc)) from None
+
+    def stop(self, container_id, timeout=2):
+        try:
+            self.call(self.api.stop, container_id, timeout=timeout)
+        except docker.errors.NotFound:
+            pass
+
+    def remove(self, container_id):
+        try:
+            self.call(self.api.remove_container, container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # removal already in progress
+                raise
+
+    def rename(self, container_id, name):
+        self.call(self.api.rename, container_id, name)
+
+    def stats(self, container_id):
+        """One stats sample (no streaming)."""
+        return self.call(self.api.stats, container_id, stream=False)
+
+    def get_archive(self, container_id, path):
+        return self.call(self.api.get_archive, container_id, path)
+
+    def put_archive(self, container_id, path, data):
+        return self.call(self.api.put_archive, container_id, path, data)
+
+    # --- attach ---------------------------------------------------------------
+    def attach(self, container_id):
+        """A raw socket attached to the container's stdin, stdout and stderr.
+
+        For unix and plain tcp engines the HTTP upgrade is done here, reading
+        the response header byte by byte, so no stream bytes can be left behind
+        in an HTTP library's buffer (another client's output may already be
+        flowing). Other transports go through docker-py.
+        """
+        base = self.api.base_url
+        params = "stream=1&stdin=1&stdout=1&stderr=1"
+        path = "/v%s/containers/%s/attach?%s" % (self.api._version, container_id, params)
+        sock = None
+        try:
+            if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self._unix_path())
+            elif base.startswith("http://"):
+                url = urllib.parse.urlsplit(base)
+                sock = socket.create_connection((url.hostname, url.port or 2375))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                raw = self.call(self.api.attach_socket, container_id,
+                                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                return getattr(raw, "_sock", raw), raw
+        except OSError as exc:
+            raise _engine_error(exc) from None
+        request = ("POST %s HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n"
+                   "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n" % path)
+        sock.sendall(request.encode("ascii"))
+        head = bytearray()
+        while not head.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)
+            if not byte:
+                sock.close()
+                raise EngineUnavailable("the engine closed the attach request")
+            head += byte
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if " 101 " not in status and " 200 " not in status:
+            sock.close()
+            raise FiddleDockError("attach refused by the engine: %s" % status)
+        return sock, None
+
+    def _unix_path(self):
+        adapter = self.api.get_adapter(self.api.base_url)
+        path = getattr(adapter, "socket_path", None)
+        if not path:
+            raise EngineUnavailable("cannot tell the engine's unix socket path")
+        return path

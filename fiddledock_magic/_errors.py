@@ -1,0 +1,97 @@
+"""The package's exceptions: one root, specific subclasses that carry data."""
+
+
+class FiddleDockError(Exception):
+    """Root of every error FiddleDock raises on purpose.
+
+    IPython shows it as one red line (``_render_traceback_``), not a Python
+    traceback of the magic's internals.
+    """
+
+    def _render_traceback_(self):
+        return ["\x1b[0;31m%s: %s\x1b[0m" % (type(self).__name__, self)]
+
+
+class EngineUnavailable(FiddleDockError):
+    """No Docker engine answers at the configured address."""
+
+
+class ImageNotFound(FiddleDockError):
+    """The image an instance needs is not on the engine."""
+
+    def __init__(self, image, message=None):
+        self.image = image
+        super().__init__(message or "image %r not found on the Docker engine; build or pull it first" % image)
+
+
+class ImageBuildError(FiddleDockError):
+    """Building the default image failed."""
+
+
+class InstanceNotFound(FiddleDockError):
+    """No instance of that name exists."""
+
+    def __init__(self, name):
+        self.name = name
+        super().__init__("no instance named %r" % name)
+
+
+class InstanceConflict(FiddleDockError):
+    """The request clashes with an existing instance (e.g. another image)."""
+
+
+class InstanceBusy(FiddleDockError):
+    """Another client's cell is running in the instance."""
+
+    def __init__(self, name):
+        self.name = name
+        super().__init__("instance %r is busy running a cell from another client; "
+                         "try again when it has finished" % name)
+
+
+class InstanceLost(FiddleDockError):
+    """The container stopped or vanished; its state is gone."""
+
+    def __init__(self, name, reason):
+        self.name = name
+        self.reason = reason
+        super().__init__("instance %r: %s" % (name, reason))
+
+
+class AgentError(FiddleDockError):
+    """The agent in the container did not speak the protocol."""
+
+
+class CellError(FiddleDockError):
+    """The cell's code failed in the container.
+
+    Rendered by IPython through ``_render_traceback_`` as the container's own
+    traceback, so the magic's internals never show.
+    """
+
+    def __init__(self, ename, evalue, traceback_lines):
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback_lines = list(traceback_lines)
+        super().__init__("%s: %s" % (ename, evalue) if evalue else ename)
+
+    def _render_traceback_(self):
+        lines = list(self.traceback_lines)
+        if lines:
+            lines[-1] = "\x1b[0;31m%s\x1b[0m" % lines[-1]
+        return lines
+
+
+class CellKilled(FiddleDockError):
+    """The cell's worker was killed (timeout, memory, signal); state was lost."""
+
+    def __init__(self, reason):
+        self.reason = reason
+        super().__init__(reason)
+
+    def _render_traceback_(self):
+        return ["\x1b[0;31m%s\x1b[0m" % self]
+
+
+class CellTimeout(CellKilled):
+    """The cell ran past its time limit."""

@@ -1,0 +1,111 @@
+"""The ``%%dockerrun`` cell magic and ``%dockerrun`` line magic: parse, call, render.
+
+Nothing here talks to Docker: the instance layer does. Arguments go through
+IPython's ``magic_arguments``, so ``%%dockerrun?`` prints real help and a bad
+argument is a ``UsageError``.
+"""
+
+import sys
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ._commands import LineCommands
+from ._errors import CellError, CellKilled, CellTimeout, FiddleDockError
+from ._render import CellRenderer
+from ._spec import InvalidSetting, check_name
+
+
+def remote_error(error):
+    """A CellError whose class name is the container exception's name."""
+    ename = str(error.get("ename") or "Error")
+    if not ename.isidentifier():
+        ename = "Error"
+    cls = type(ename, (CellError,), {"__module__": "fiddledock.container"})
+    return cls(ename, error.get("evalue", ""), error.get("traceback") or [])
+
+
+@magics_class
+class DockerRunMagics(Magics):
+    def __init__(self, shell, manager):
+        super().__init__(shell)
+        self.manager = manager
+        self.commands = LineCommands(manager)
+
+    @property
+    def config_obj(self):
+        return self.manager.config
+
+    @magic_arguments()
+    @argument("name", nargs="?", default=None,
+              help="Instance to run in (default: the current default instance). "
+                   "Created on first use.")
+    @argument("--timeout", type=float, default=None, metavar="SECONDS",
+              help="Wall-clock limit for this cell (default: DockerRun.timeout).")
+    @argument("--image", default=None,
+              help="Image for the instance; only when this cell creates it.")
+    @argument("--reset", action="store_true", help="Fresh namespace before running.")
+    @argument("--no-raise", action="store_true",
+              help="Show an error but do not fail the cell.")
+    @line_cell_magic
+    def dockerrun(self, line, cell=None):
+        """Run the cell as Python in a Docker container (an "instance").
+
+        As a cell magic, ``%%dockerrun [NAME] [options]`` runs the cell body in
+        instance NAME, streaming its output beneath the cell. As a line magic,
+        ``%dockerrun SUBCOMMAND ...`` manages instances; ``%dockerrun help``
+        lists the subcommands.
+        """
+        if cell is None:
+            return self._line(line)
+        args = parse_argstring(self.dockerrun, line)
+        try:
+            name = check_name(args.name or self.config_obj.default_instance)
+        except InvalidSetting as exc:
+            raise UsageError(str(exc)) from None
+        timeout = self.config_obj.timeout if args.timeout is None else args.timeout
+        if timeout < 0:
+            raise UsageError("--timeout must be 0 (no limit) or a positive number of seconds")
+        return self._run(name, cell, timeout, args)
+
+    def _line(self, line):
+        try:
+            return self.commands.run(line)
+        except InvalidSetting as exc:
+            raise UsageError(str(exc)) from None
+
+    def _run(self, name, cell, timeout, args):
+        renderer = CellRenderer(self.shell)
+        try:
+            instance = self.manager.get(name, image=args.image, notice=renderer.notice,
+                                        progress=renderer.progress)
+            done = instance.execute(cell, renderer, timeout=timeout, reset=args.reset,
+                                    output_limit=self.config_obj.output_limit,
+                                    interrupt_grace=self.config_obj.interrupt_grace)
+        except FiddleDockError as exc:
+            renderer.finish()
+            return self._fail(exc, args.no_raise)
+        finally:
+            renderer.finish()
+        status = done.get("status")
+        if status == "ok":
+            return renderer.value
+        if done.get("notice"):
+            renderer.notice(done["notice"])
+        if status in ("error", "interrupted"):
+            error = remote_error(done.get("error") or {"ename": "KeyboardInterrupt"})
+        elif status == "timeout":
+            error = CellTimeout("cell timed out after %g s; KeyboardInterrupt raised, "
+                                "namespace kept" % timeout)
+        else:
+            error = CellKilled("cell killed: %s" % (done.get("reason") or "unknown reason"))
+        return self._fail(error, args.no_raise)
+
+    def _fail(self, error, no_raise):
+        if not no_raise:
+            raise error
+        for text in error._render_traceback_():
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+        return None

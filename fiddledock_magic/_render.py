@@ -1,0 +1,115 @@
+"""Rendering a running cell beneath the notebook cell: the magic's CellHandler.
+
+Output is decoded incrementally (a UTF-8 character split across chunks stays
+whole; bad bytes become U+FFFD), written from the main thread (ipykernel only
+routes main-thread output to the cell) and flushed at a bounded rate so a
+tight print loop does not flood the frontend.
+"""
+
+import codecs
+import sys
+import time
+
+from ._instance import CellHandler
+from ._safety import safe_bundle
+
+FLUSH_INTERVAL = 0.05  # seconds between forced flushes
+
+
+def _can_ask(shell):
+    kernel = getattr(shell, "kernel", None)
+    if kernel is not None:
+        return bool(getattr(kernel, "_allow_stdin", False))
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class ContainerValue:
+    """The value of a container cell's last expression, shown as Out[n].
+
+    Holds only the MIME bundle the container sent, never the object itself.
+    """
+
+    def __init__(self, data, metadata):
+        self.data = data
+        self.metadata = metadata
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return dict(self.data), dict(self.metadata)
+
+    def __repr__(self):
+        return self.data.get("text/plain", "<container value>")
+
+
+class CellRenderer(CellHandler):
+    def __init__(self, shell):
+        self.shell = shell
+        self.can_ask = _can_ask(shell)
+        self.value = None
+        self._decoders = {}
+        self._last_flush = 0.0
+
+    def _target(self, name):
+        return sys.stderr if name == "stderr" else sys.stdout
+
+    def stream(self, name, data):
+        decoder = self._decoders.get(name)
+        if decoder is None:
+            decoder = self._decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(data)
+        if text:
+            self._target(name).write(text)
+            now = time.monotonic()
+            if now - self._last_flush >= FLUSH_INTERVAL:
+                self.flush()
+                self._last_flush = now
+
+    def flush(self):
+        for name, decoder in self._decoders.items():
+            tail = decoder.decode(b"", final=False)
+            if tail:
+                self._target(name).write(tail)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def finish(self):
+        for name, decoder in self._decoders.items():
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                self._target(name).write(tail)
+            decoder.reset()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    def display(self, data, metadata):
+        from IPython.display import publish_display_data
+        self.flush()
+        data, metadata = safe_bundle(data, metadata)
+        publish_display_data(data, metadata)
+
+    def result(self, data, metadata):
+        self.value = ContainerValue(*safe_bundle(data, metadata))
+
+    def notice(self, text):
+        self.flush()
+        sys.stderr.write("\x1b[33m[fiddledock] %s\x1b[0m\n" % text)
+        sys.stderr.flush()
+
+    def progress(self, line):
+        sys.stdout.write(line.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
+    def ask(self, prompt, password):
+        self.flush()
+        if not self.can_ask:
+            raise EOFError("this frontend cannot answer input() (stdin is not allowed here)")
+        if password:
+            return getpass_prompt(prompt)
+        return input(prompt)
+
+
+def getpass_prompt(prompt):
+    import getpass
+    return getpass.getpass(prompt)

@@ -1,0 +1,158 @@
+"""What an instance is made of, checked, and turned into a hardened container.
+
+``InstanceSpec`` holds an instance's settings; ``validate`` rejects bad values
+with messages meant for a user; ``container_config`` makes the Docker create
+arguments: safe by default (see "Safe by default" in the brief).
+"""
+
+import dataclasses
+import hashlib
+import re
+
+from ._errors import FiddleDockError
+
+SANDBOX_UID = 1000
+SANDBOX_HOME = "/home/sandbox"
+NETWORKS = ("none", "bridge")
+RUNTIMES = ("runc", "runsc")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+CONTAINER_PREFIX = "fiddledock-"
+
+
+class InvalidSetting(FiddleDockError, ValueError):
+    """A setting has a value FiddleDock cannot use; the message says why."""
+
+
+def parse_size(text, what):
+    """'512m' -> bytes; a clear error for anything else."""
+    match = SIZE_RE.match(str(text).strip())
+    if not match:
+        raise InvalidSetting("%s must be a size like 512m or 1g, not %r" % (what, text))
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def check_name(name):
+    if not NAME_RE.match(name or ""):
+        raise InvalidSetting(
+            "instance names are 1-63 letters, digits, '_', '.' or '-', starting "
+            "with a letter or digit; %r is not one" % (name,))
+    return name
+
+
+def scope_id(scope):
+    """A short, stable id for a notebook path (or any scope string)."""
+    return hashlib.sha1(scope.encode("utf-8")).hexdigest()[:8]
+
+
+def container_name(instance, scope):
+    """The container's name: readable in `docker ps`, unique per notebook."""
+    return "%s%s-%s" % (CONTAINER_PREFIX, instance, scope_id(scope))
+
+
+@dataclasses.dataclass
+class InstanceSpec:
+    image: str
+    memory: str = "512m"
+    cpus: float = 1.0
+    pids: int = 256
+    disk: str = "256m"
+    network: str = "none"
+    runtime: str = "runc"
+    env: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self):
+        if not self.image or not isinstance(self.image, str):
+            raise InvalidSetting("an image name is required")
+        if parse_size(self.memory, "memory") < 16 << 20:
+            raise InvalidSetting("memory must be at least 16m, not %r" % self.memory)
+        try:
+            cpus = float(self.cpus)
+        except (TypeError, ValueError):
+            raise InvalidSetting("cpus must be a number like 1 or 0.5, not %r" % (self.cpus,))
+        if not 0.01 <= cpus <= 256:
+            raise InvalidSetting("cpus must be between 0.01 and 256, not %r" % (self.cpus,))
+        try:
+            pids = int(self.pids)
+        except (TypeError, ValueError):
+            raise InvalidSetting("pids must be a whole number, not %r" % (self.pids,))
+        if pids < 16:
+            raise InvalidSetting("pids must be at least 16 (the agent needs a few), not %r"
+                                 % (self.pids,))
+        if parse_size(self.disk, "disk") < 1 << 20:
+            raise InvalidSetting("disk must be at least 1m, not %r" % self.disk)
+        if self.network not in NETWORKS:
+            raise InvalidSetting("network must be one of %s, not %r"
+                                 % (", ".join(NETWORKS), self.network))
+        if self.runtime not in RUNTIMES:
+            raise InvalidSetting("runtime must be one of %s, not %r"
+                                 % (", ".join(RUNTIMES), self.runtime))
+        for key in self.env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise InvalidSetting("environment variable names are letters, digits "
+                                     "and '_'; %r is not one" % key)
+        self.cpus, self.pids = cpus, pids
+        return self
+
+    def labels(self):
+        """The settings as labels, so `list` can show them for any container."""
+        return {
+            "fiddledock.image": self.image,
+            "fiddledock.memory": str(self.memory),
+            "fiddledock.cpus": str(self.cpus),
+            "fiddledock.pids": str(self.pids),
+            "fiddledock.disk": str(self.disk),
+            "fiddledock.network": self.network,
+            "fiddledock.runtime": self.runtime,
+            "fiddledock.env_keys": ",".join(sorted(self.env)),
+        }
+
+    def container_config(self, command, labels):
+        """``(config, host_config)`` dicts for Engine.create."""
+        memory = parse_size(self.memory, "memory")
+        disk = parse_size(self.disk, "disk")
+        env = {
+            "HOME": SANDBOX_HOME,
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": "/tmp/matplotlib",
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        }
+        env.update(self.env)
+        all_labels = dict(self.labels())
+        all_labels.update(labels)
+        config = {
+            "image": self.image,
+            "command": command,
+            "user": "%d:%d" % (SANDBOX_UID, SANDBOX_UID),
+            "working_dir": SANDBOX_HOME,
+            "environment": env,
+            "labels": all_labels,
+            "stdin_open": True,
+            "tty": False,
+            "detach": True,
+        }
+        tmpfs_opts = "rw,nosuid,nodev,size=%d" % disk
+        host_config = {
+            "network_mode": self.network,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "read_only": True,
+            "tmpfs": {
+                "/tmp": tmpfs_opts + ",mode=1777",
+                SANDBOX_HOME: tmpfs_opts + ",mode=0700,uid=%d,gid=%d" % (SANDBOX_UID, SANDBOX_UID),
+            },
+            "mem_limit": memory,
+            "memswap_limit": memory,
+            "nano_cpus": int(self.cpus * 1e9),
+            "pids_limit": self.pids,
+            "init": True,
+            "log_config": {"type": "none", "config": {}},
+            "ipc_mode": "private",
+        }
+        if self.runtime != "runc":
+            host_config["runtime"] = self.runtime
+        return config, host_config

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real Docker engine, a real IPython shell, a real kernel.
+
+Under CI=true a test that needs Docker fails when no engine is reachable; it
+never skips. Each test session uses its own scope, so its instances never
+collide with another run's, and removes them at the end.
+"""
+
+import os
+import queue
+import time
+import uuid
+
+import docker
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+SESSION_SCOPE = "pytest-%s" % uuid.uuid4().hex[:8]
+
+
+def _docker_client():
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception as exc:  # any failure means: no engine
+        message = "no Docker engine reachable (%s); run scripts/ensure-engine.sh" % exc
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    return _docker_client()
+
+
+@pytest.fixture(scope="session")
+def default_image(docker_client):
+    """The default sandbox image, built if missing."""
+    from fiddledock_magic import _image
+    if not _image.image_exists(docker_client, _image.DEFAULT_IMAGE):
+        _image.build_default_image(docker_client, _image.DEFAULT_IMAGE, progress=print)
+    return _image.DEFAULT_IMAGE
+
+
+def _remove_scope(client, scope):
+    from fiddledock_magic._spec import scope_id
+    for c in client.containers.list(all=True, filters={"label": "fiddledock.scope=%s" % scope_id(scope)}):
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+@pytest.fixture(scope="session")
+def shell(docker_client, default_image):
+    """A real IPython InteractiveShell with the extension loaded (one per session)."""
+    from IPython.testing.globalipapp import start_ipython
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "fiddledock_magic")
+    ip.run_line_magic("config", "DockerRun.scope = %r" % SESSION_SCOPE)
+    yield ip
+    ip.run_line_magic("unload_ext", "fiddledock_magic")
+    _remove_scope(docker_client, SESSION_SCOPE)
+
+
+@pytest.fixture
+def unique_name():
+    return "t%s" % uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def run(shell, capsys):
+    """run(cell, name, opts) -> (value, stdout, stderr) through the real magic."""
+    def _run(cell, name="default", opts=""):
+        capsys.readouterr()
+        value = shell.run_cell_magic("dockerrun", ("%s %s" % (name, opts)).strip(), cell)
+        out, err = capsys.readouterr()
+        return value, out, err
+    return _run
+
+
+class Kernel:
+    """A real ipykernel with the extension loaded, driven by jupyter_client."""
+
+    def __init__(self, scope, env=None):
+        from jupyter_client.manager import start_new_kernel
+        kenv = dict(os.environ)
+        kenv.update(env or {})
+        kenv["JPY_SESSION_NAME"] = scope
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env=kenv)
+        self.execute("%load_ext fiddledock_magic")
+
+    def execute(self, code, timeout=60, allow_stdin=False, stdin_handler=None):
+        """Run code; returns (reply content, [(arrival time, iopub msg)])."""
+        kc = self.kc
+        msg_id = kc.execute(code, allow_stdin=allow_stdin)
+        msgs = []
+        deadline = time.monotonic() + timeout
+        idle = False
+        reply = None
+        while not (idle and reply is not None):
+            if time.monotonic() > deadline:
+                raise TimeoutError("kernel did not finish %r" % code[:60])
+            if stdin_handler is not None:
+                try:
+                    req = kc.get_stdin_msg(timeout=0.01)
+                    kc.input(stdin_handler(req["content"]))
+                except queue.Empty:
+                    pass
+            if reply is None:
+                try:
+                    r = kc.get_shell_msg(timeout=0.01)
+                    if r["parent_header"].get("msg_id") == msg_id:
+                        reply = r["content"]
+                except queue.Empty:
+                    pass
+            try:
+                m = kc.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                continue
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            msgs.append((time.monotonic(), m))
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                idle = True
+        return reply, msgs
+
+    def shutdown(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def stream_text(msgs, name="stdout"):
+    return "".join(m["content"]["text"] for _, m in msgs
+                   if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+
+@pytest.fixture
+def kernel(docker_client, default_image):
+    scope = "pytest-kernel-%s" % uuid.uuid4().hex[:8]
+    k = Kernel(scope)
+    yield k
+    k.shutdown()
+    _remove_scope(docker_client, scope)
