@@ -10,7 +10,9 @@ import shlex
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from ._spec import InstanceSpec
+from ._errors import ImageNotFound
+from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name
+from ._status import html_table, text_table
 
 
 def build_parser():
@@ -21,14 +23,15 @@ def build_parser():
     sub.add_parser("list", help="Show the instances of this notebook.", add_help=False)
     create = sub.add_parser("create", help="Create an instance.", add_help=False)
     create.add_argument("name")
-    create.add_argument("--image")
-    create.add_argument("--memory", help="Memory limit, e.g. 512m (no extra swap).")
+    create.add_argument("--image", help="Image (default: DockerRun.image).")
+    create.add_argument("--memory", help="Memory limit, e.g. 512m or 1g (no extra swap).")
     create.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 1 or 0.5.")
-    create.add_argument("--pids", type=int, help="Process limit.")
+    create.add_argument("--pids", type=int, help="Process limit, at least 16.")
     create.add_argument("--disk", help="Size of each writable tmpfs, e.g. 256m.")
-    create.add_argument("--network", choices=["none", "bridge"])
-    create.add_argument("--runtime", choices=["runc", "runsc"])
-    create.add_argument("--env", action="append", default=[], metavar="K=V")
+    create.add_argument("--network", choices=NETWORKS)
+    create.add_argument("--runtime", choices=RUNTIMES, help="runsc is gVisor.")
+    create.add_argument("--env", action="append", default=[], metavar="K=V",
+                        help="An environment variable; repeat for more.")
     delete = sub.add_parser("delete", help="Delete an instance (or --all).", add_help=False)
     delete.add_argument("name", nargs="?")
     delete.add_argument("--all", action="store_true")
@@ -37,7 +40,25 @@ def build_parser():
                       ("use", "Make NAME the default for a bare %%dockerrun.")):
         p = sub.add_parser(cmd, help=text, add_help=False)
         p.add_argument("name")
-    sub.add_parser("cleanup", help="Remove stopped and orphaned instances.", add_help=False)
+    cleanup = sub.add_parser("cleanup", add_help=False,
+                             help="Remove this notebook's stopped instances and orphaned "
+                                  "pool containers (running instances stay).")
+    cleanup.add_argument("--all-notebooks", action="store_true",
+                         help="Every notebook's, not just this one's.")
+    pool = sub.add_parser("pool", add_help=False,
+                          help="Keep N instances started in the background; no N: show it.")
+    pool.add_argument("n", nargs="?", type=int, metavar="N")
+    put = sub.add_parser("put", add_help=False,
+                         help="Copy a file or folder into an instance: put LOCAL NAME:PATH.")
+    put.add_argument("local", metavar="LOCAL")
+    put.add_argument("target", metavar="NAME:PATH")
+    get = sub.add_parser("get", add_help=False,
+                         help="Copy a file or folder out of an instance: get NAME:PATH LOCAL.")
+    get.add_argument("source", metavar="NAME:PATH")
+    get.add_argument("local", metavar="LOCAL")
+    sub.add_parser("panel", add_help=False,
+                   help="Show the instance panel (ipywidgets): every instance with its "
+                        "status and resources; create, restart, reset, delete, make default.")
     return parser
 
 
@@ -56,8 +77,20 @@ class LineCommands:
         if words[0] not in self.names():
             raise UsageError("unknown subcommand %r; use one of: %s"
                              % (words[0], self.subcommands()))
-        args = self.parser.parse_argstring(" ".join(shlex.quote(w) for w in words))
+        try:
+            args = self.parser.parse_args(words)  # words are split already: quotes are gone
+        except UsageError as exc:
+            raise UsageError("%s\n%s" % (exc, self.usage(words[0]))) from None
         return getattr(self, "cmd_" + args.command)(args)
+
+    def usage(self, command):
+        """The one-subcommand usage line, e.g. for an error about its arguments."""
+        for action in self.parser._actions:
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict) and command in choices:
+                text = choices[command].format_usage().replace("::", "").replace("%%", "%")
+                return "usage: " + " ".join(text.split())
+        return ""
 
     def names(self):
         return [n[4:] for n in dir(self) if n.startswith("cmd_")]
@@ -70,17 +103,28 @@ class LineCommands:
         print(self.parser.format_help())
 
     def cmd_list(self, args):
-        rows = self.manager.list()
+        rows = self.manager.statuses()
+        pool = self.manager.pool
+        footer = pool.describe() if (pool.size or pool.errors) else ""
         if not rows:
-            print("no instances")
+            print("no instances in this notebook" + ("\n" + footer if footer else ""))
             return
-        for row in rows:
-            labels = row.get("Labels") or {}
-            print("%-20s %-28s %s" % (labels.get("fiddledock.instance"),
-                                      labels.get("fiddledock.image"), row.get("Status")))
+        text = text_table(rows) + "\n(* = the default instance)"
+        if footer:
+            text += "\n" + footer
+        shell = _shell()
+        if shell is not None and getattr(shell, "kernel", None) is not None:
+            # a notebook: an HTML table, with the text as the plain fallback
+            from IPython.display import publish_display_data
+            import html
+            extra = "<pre>%s</pre>" % html.escape(footer) if footer else ""
+            publish_display_data({"text/html": html_table(rows) + extra, "text/plain": text})
+        else:
+            print(text)
 
     def cmd_create(self, args):
         c = self.manager.config
+        check_name(args.name)
         env = {}
         for item in args.env:
             key, sep, value = item.partition("=")
@@ -96,8 +140,13 @@ class LineCommands:
             network=args.network or c.network,
             runtime=args.runtime or c.runtime,
             env={**c.env, **env},
-        )
-        self.manager.create(args.name, spec, progress=print)
+        ).validate()
+        try:
+            self.manager.create(args.name, spec, progress=print)
+        except ImageNotFound as exc:
+            raise UsageError("image %r is not on the Docker engine; use an image it has "
+                             "(build or pull it first), or leave out --image for the default "
+                             "%r" % (exc.image, c.image)) from None
         print("created instance %r" % args.name)
 
     def cmd_delete(self, args):
@@ -111,7 +160,7 @@ class LineCommands:
         print("deleted instance %r" % args.name)
 
     def cmd_restart(self, args):
-        self.manager.restart(args.name)
+        self.manager.restart(args.name, progress=print)
         print("restarted instance %r (new container, state lost)" % args.name)
 
     def cmd_reset(self, args):
@@ -119,14 +168,50 @@ class LineCommands:
         print("reset instance %r (fresh namespace)" % args.name)
 
     def cmd_use(self, args):
-        from ._spec import check_name
         self.manager.config.default_instance = check_name(args.name)
         print("default instance is now %r" % args.name)
 
     def cmd_cleanup(self, args):
-        removed = 0
-        for row in self.manager.engine.list():
-            if row.get("State") != "running":
-                self.manager.engine.remove(row["Id"])
-                removed += 1
-        print("removed %d stopped instance(s)" % removed)
+        removed = self.manager.cleanup(all_scopes=args.all_notebooks)
+        where = "" if args.all_notebooks else " of this notebook"
+        if removed:
+            print("removed %d stopped or orphaned container(s)%s: %s"
+                  % (len(removed), where, ", ".join(removed)))
+        else:
+            print("nothing to clean up%s" % where)
+
+    def cmd_pool(self, args):
+        pool = self.manager.pool
+        if args.n is not None:
+            if args.n < 0:
+                raise UsageError("pool takes a number of instances, 0 or more (0 empties it)")
+            # Through the config, so %config DockerRun.pool_size shows the same number.
+            self.manager.config.pool_size = args.n
+            pool.resize(args.n, wait=(args.n == 0))  # filling goes on in the background
+            if args.n == 0:
+                print("pool emptied")
+                return
+        print(pool.describe())
+
+    def cmd_put(self, args):
+        from . import _files
+        limit = _files.transfer_limit(self.manager.config)
+        print(_files.put(self.manager, args.local, args.target, limit))
+
+    def cmd_get(self, args):
+        from . import _files
+        limit = _files.transfer_limit(self.manager.config)
+        print(_files.get(self.manager, args.source, args.local, limit))
+
+    def cmd_panel(self, args):
+        # Returned, not displayed: the cell shows it, and `p = %dockerrun panel` keeps it.
+        from ._panel import panel_for
+        return panel_for(self.manager, _shell())
+
+
+def _shell():
+    try:
+        from IPython import get_ipython
+        return get_ipython()
+    except Exception:
+        return None

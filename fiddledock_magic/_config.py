@@ -1,15 +1,21 @@
 """User configuration: ``%config DockerRun.<name> = value``.
 
 Environment variables give the starting values where it makes sense, so a
-deployment can set them without touching notebooks.
+deployment can set them without touching notebooks. ``%config DockerRun``
+lists every setting with its help and current value. Instance settings
+(image, memory, cpus, pids, disk, network, runtime, env) are checked when they
+are set, so a bad value is refused at once rather than at the next cell;
+they apply to instances created afterwards (``%dockerrun create`` options
+override them per instance).
 """
 
 import os
 
-from traitlets import CFloat, CInt, Dict, Unicode, default
+from traitlets import CFloat, CInt, CUnicode, Dict, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 from ._image import DEFAULT_IMAGE
+from ._spec import InstanceSpec, InvalidSetting, check_name
 
 
 class DockerRun(Configurable):
@@ -27,7 +33,9 @@ class DockerRun(Configurable):
     idle_timeout = CFloat(3600.0, help="An instance no client used for this many seconds stops itself.").tag(config=True)
     output_limit = CInt(4 * 1024 * 1024, help="Bytes of output kept beneath one cell; the rest is dropped with a notice.").tag(config=True)
     interrupt_grace = CFloat(2.0, help="Seconds code may ignore KeyboardInterrupt before it is killed.").tag(config=True)
-    pool_size = CInt(0, help="Instances kept started in the background for fast creation.").tag(config=True)
+    transfer_limit = CUnicode("100m", help="Largest archive %dockerrun put / get moves (file contents plus 512 bytes per entry), e.g. 100m or 1g.").tag(config=True)
+    pool_size = CInt(0, help="Instances with these settings kept started in the background, so a "
+                             "new one is ready at once (same as %dockerrun pool N); 0 = no pool.").tag(config=True)
     default_instance = Unicode("default", help="Instance a bare %%dockerrun uses.").tag(config=True)
     scope = Unicode(help="What instance names are scoped to; default: the notebook's path "
                          "(JPY_SESSION_NAME), else the working folder.").tag(config=True)
@@ -39,3 +47,29 @@ class DockerRun(Configurable):
     @default("scope")
     def _default_scope(self):
         return os.environ.get("JPY_SESSION_NAME") or os.getcwd()
+
+    @validate("memory", "cpus", "pids", "disk", "network", "runtime", "env")
+    def _valid_setting(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        spec = InstanceSpec(image="x", **{name: value})
+        try:
+            spec.validate()
+        except InvalidSetting as exc:
+            raise TraitError(str(exc)) from None
+        return value
+
+    @validate("timeout", "idle_timeout", "pool_size", "interrupt_grace")
+    def _not_negative(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError("%s must be 0 or more, not %r"
+                             % (proposal["trait"].name, proposal["value"]))
+        if proposal["trait"].name == "idle_timeout" and proposal["value"] == 0:
+            raise TraitError("idle_timeout must be more than 0 seconds")
+        return proposal["value"]
+
+    @validate("default_instance")
+    def _valid_name(self, proposal):
+        try:
+            return check_name(proposal["value"])
+        except InvalidSetting as exc:
+            raise TraitError(str(exc)) from None

@@ -6,7 +6,9 @@ implement the same methods. ``DOCKER_HOST`` and the other ``DOCKER_*``
 variables are honoured through ``docker.from_env``.
 """
 
+import os
 import socket
+import time
 import urllib.parse
 
 import docker
@@ -16,12 +18,14 @@ import requests.exceptions
 from ._errors import EngineUnavailable, FiddleDockError, ImageNotFound
 
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
+MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
 
 
 def _engine_error(exc):
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
     return EngineUnavailable(
-        "cannot reach the Docker engine (%s). Start it (scripts/ensure-engine.sh "
-        "does, on Linux as root) or point DOCKER_HOST at one." % _short(exc))
+        "cannot reach the Docker engine at %s (%s). Start it (scripts/ensure-engine.sh "
+        "does, on Linux as root) or point DOCKER_HOST at one." % (where, _short(exc)))
 
 
 def _short(exc):
@@ -34,12 +38,19 @@ class Engine:
 
     def __init__(self, client=None):
         self._client = client
+        self._from_env = client is None
+        self._runtimes = None
+
+    def clone(self):
+        """An Engine for another thread: its own HTTP connections to the same engine."""
+        return Engine() if self._from_env else Engine(self._client)
 
     @property
     def client(self):
         if self._client is None:
             try:
-                self._client = docker.from_env()
+                # Room for `list` to sample many containers side by side.
+                self._client = docker.from_env(max_pool_size=MAX_CONNECTIONS)
             except docker.errors.DockerException as exc:
                 raise _engine_error(exc) from None
         return self._client
@@ -58,6 +69,13 @@ class Engine:
             if isinstance(exc, docker.errors.APIError):
                 raise
             raise _engine_error(exc) from None
+
+    def runtimes(self):
+        """Names of the OCI runtimes the engine has registered (cached)."""
+        if self._runtimes is None:
+            info = self.call(self.api.info)
+            self._runtimes = sorted((info.get("Runtimes") or {}).keys()) or ["runc"]
+        return self._runtimes
 
     # --- images -------------------------------------------------------------
     def image_exists(self, image):
@@ -135,6 +153,75 @@ class Engine:
 
     def put_archive(self, container_id, path, data):
         return self.call(self.api.put_archive, container_id, path, data)
+
+    # --- exec (file transfers) -------------------------------------------------
+    def exec_socket(self, container_id, cmd, user=None, workdir=None):
+        """Run cmd in the container: ``(exec id, socket, keepalive)``.
+
+        The socket carries the command's stdin (shut its write side to close
+        it) and its stdout/stderr, multiplexed as for attach. Used for files:
+        the archive endpoints do not see an instance's tmpfs mounts and refuse
+        its read-only root.
+        """
+        try:
+            created = self.call(self.api.exec_create, container_id, cmd, stdin=True,
+                                stdout=True, stderr=True, tty=False, user=user or "",
+                                workdir=workdir)
+        except docker.errors.APIError as exc:
+            raise FiddleDockError("the engine cannot run a command in the container: %s"
+                                  % (exc.explanation or exc)) from None
+        exec_id = created["Id"]
+        path = "/v%s/exec/%s/start" % (self.api._version, exec_id)
+        sock = self._raw_upgrade(path, b'{"Detach": false, "Tty": false}')
+        if sock is not None:
+            return exec_id, sock, None
+        raw = self.call(self.api.exec_start, exec_id, socket=True)
+        return exec_id, getattr(raw, "_sock", raw), raw
+
+    def exec_exit_code(self, exec_id, wait=5.0):
+        """The exit code of a finished exec (None if it is still running after wait)."""
+        deadline = time.monotonic() + wait
+        while True:
+            info = self.call(self.api.exec_inspect, exec_id)
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return info["ExitCode"]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
+
+    def _raw_upgrade(self, path, body):
+        """POST path with an HTTP upgrade, reading the response header byte by byte.
+
+        None for transports other than unix or plain tcp (docker-py serves those).
+        """
+        base = self.api.base_url
+        try:
+            if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(self._unix_path())
+            elif base.startswith("http://"):
+                url = urllib.parse.urlsplit(base)
+                sock = socket.create_connection((url.hostname, url.port or 2375))
+            else:
+                return None
+        except OSError as exc:
+            raise _engine_error(exc) from None
+        request = ("POST %s HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+                   % (path, len(body)))
+        sock.sendall(request.encode("ascii") + body)
+        head = bytearray()
+        while not head.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)
+            if not byte:
+                sock.close()
+                raise EngineUnavailable("the engine closed the request")
+            head += byte
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if " 101 " not in status and " 200 " not in status:
+            sock.close()
+            raise FiddleDockError("the engine refused: %s" % status)
+        return sock
 
     # --- attach ---------------------------------------------------------------
     def attach(self, container_id):

@@ -94,4 +94,22 @@ class CellKilled(FiddleDockError):
 
 
 class CellTimeout(CellKilled):
-    """The cell ran past its time limit."""
+    """The cell ran past its time limit.
+
+    ``traceback_lines``: where the KeyboardInterrupt stopped it, if it did.
+    """
+
+    def __init__(self, reason, traceback_lines=()):
+        super().__init__(reason)
+        self.traceback_lines = list(traceback_lines)
+
+    def _render_traceback_(self):
+        return self.traceback_lines + super()._render_traceback_()
+
+
+class TransferError(FiddleDockError):
+    """``%dockerrun put`` / ``get`` could not copy the files (the message says why)."""
+
+
+class UnsafeArchive(TransferError):
+    """Files from a container would land outside their destination (or are devices)."""

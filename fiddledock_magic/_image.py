@@ -5,12 +5,12 @@ One Dockerfile (``image/Dockerfile``) serves two routes, chosen here:
 * registry route: ``python:3.12-slim`` is present or can be pulled; the
   Dockerfile pip-installs numpy and matplotlib on top of it;
 * offline route: no registry answers, so a Python base is bootstrapped from
-  Debian's packages (debootstrap, with numpy and matplotlib as Debian
+  Debian's packages (debootstrap, then numpy and matplotlib as Debian
   packages), imported as ``fiddledock-base:bookworm`` and used as ``BASE``.
 
 ``FIDDLEDOCK_BASE_IMAGE`` overrides the choice. Standard library and the docker
 SDK only: the magic calls this on the first ``%%dockerrun`` when the default
-image is missing, and ``python -m fiddledock_magic._image`` does it up front.
+image is missing, and ``python -m fiddledock_magic build-image`` does it up front.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ BASE_IMAGE_REGISTRY = "python:3.12-slim"
 # Offline route: what debootstrap puts into the base image.
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_PACKAGES = ("python3", "python3-numpy", "python3-matplotlib")
+DEBIAN_BOOTSTRAP_PACKAGES = ("python3",)
+# python3-munkres satisfies python3-fonttools' "python3-scipy | python3-munkres"
+# cheaply; apt would otherwise pick scipy and with it a C/C++ toolchain.
+DEBIAN_EXTRA_PACKAGES = ("python3-numpy", "python3-matplotlib", "python3-munkres")
 
 # An offline engine may answer a pull at once ("no such host") or only after a
 # TCP connect timeout; the SDK's pull has no timeout of its own, so we bound
@@ -57,8 +60,7 @@ Progress = Callable[[str], None]
 _BUILD_LOCK = threading.Lock()
 
 
-class ImageBuildError(Exception):
-    """The default image (or its base) could not be built; the message says why."""
+from ._errors import ImageBuildError  # noqa: E402  (the package's one root)
 
 
 def _noop(line: str) -> None:
@@ -99,32 +101,39 @@ def build_default_image(client, tag: str = DEFAULT_IMAGE, progress: Progress = _
     :class:`ImageBuildError` with a readable message on any failure.
     """
     with _BUILD_LOCK:
-        base, offline = _choose_base(client, progress)
-        ctx = context_dir()
-        progress(f"building {tag} from {base} ({ctx})")
         try:
-            stream = client.api.build(
-                path=str(ctx),
-                tag=tag,
-                buildargs={"BASE": base},
-                labels={"fiddledock.base-image": base},
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-                # The offline route installs nothing during the build, so it
-                # needs no network at all; other routes may pip install.
-                network_mode="none" if offline else None,
-                timeout=BUILD_IDLE_TIMEOUT,
-            )
-            _follow_build(stream, progress)
-        except docker.errors.DockerException as exc:
-            raise ImageBuildError(f"docker build of {tag} failed: {exc}") from exc
-        except OSError as exc:  # e.g. a read timeout from a wedged engine
-            raise ImageBuildError(f"docker build of {tag} failed: {exc}") from exc
-        if not image_exists(client, tag):
-            raise ImageBuildError(f"docker build finished but {tag} does not exist")
-        progress(f"built {tag}")
+            _build(client, tag, progress)
+        except ImageBuildError:
+            raise
+        # Engine errors, and OSError for requests' timeouts from a wedged engine.
+        except (docker.errors.DockerException, OSError) as exc:
+            raise ImageBuildError(f"building {tag} failed: {exc}") from exc
+
+
+def _build(client, tag: str, progress: Progress) -> None:
+    base, offline = _choose_base(client, progress)
+    ctx = context_dir()
+    progress(f"building {tag} from {base} ({ctx})")
+    stream = client.api.build(
+        path=str(ctx),
+        tag=tag,
+        buildargs={"BASE": base},
+        # Standard OCI key, and not "fiddledock.*": containers inherit image
+        # labels, and that prefix is for the instances' own labels.
+        labels={"org.opencontainers.image.base.name": base},
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+        # The offline route installs nothing during the build, so it needs
+        # no network at all; other routes may pip install.
+        network_mode="none" if offline else None,
+        timeout=BUILD_IDLE_TIMEOUT,
+    )
+    _follow_build(stream, progress)
+    if not image_exists(client, tag):
+        raise ImageBuildError(f"docker build finished but {tag} does not exist")
+    progress(f"built {tag}")
 
 
 # -- choosing the base ---------------------------------------------------------
@@ -207,44 +216,96 @@ def build_offline_base(client, tag: str = BASE_IMAGE_OFFLINE, progress: Progress
     """
     _ensure_debootstrap(progress)
     mirror = os.environ.get("FIDDLEDOCK_DEBIAN_MIRROR", "").strip() or DEBIAN_MIRROR
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="fiddledock-rootfs-"))
+    env = _clean_env()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="fiddledock-rootfs-", dir=_scratch_dir()))
     rootfs = workdir / "rootfs"
     tarball = workdir / "rootfs.tar"
     started = time.monotonic()
     try:
         _run_streaming(
-            ["debootstrap", "--variant=minbase",
-             "--include=" + ",".join(DEBIAN_PACKAGES),
+            ["debootstrap", "--variant=minbase", "--include=" + ",".join(DEBIAN_BOOTSTRAP_PACKAGES),
              DEBIAN_SUITE, str(rootfs), mirror],
-            progress, what="debootstrap",
+            progress, what="debootstrap", env=env,
         )
+        progress(f"debootstrap done in {time.monotonic() - started:.0f} s; "
+                 f"installing {' '.join(DEBIAN_EXTRA_PACKAGES)}")
+        _apt_install_in_rootfs(rootfs, DEBIAN_EXTRA_PACKAGES, progress, env)
         _trim_rootfs(rootfs)
-        progress(f"debootstrap done in {time.monotonic() - started:.0f} s; packing the root filesystem")
+        progress(f"root filesystem ready in {time.monotonic() - started:.0f} s; packing it")
         # A file rather than a pipe: the SDK then sends it with a length and
         # without an HTTP timeout, which suits a remote engine.
         _run_streaming(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball), "."],
-                       progress, what="tar")
+                       progress, what="tar", env=env)
         progress(f"importing {tarball.stat().st_size // 2**20} MB as {tag}")
         repo, img_tag = parse_repository_tag(tag)
-        try:
-            result = client.api.import_image(
-                src=str(tarball), repository=repo, tag=img_tag,
-                # An imported image has no config at all; give it what a
-                # Python base image normally carries.
-                changes=[
-                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "ENV LANG=C.UTF-8",
-                    'CMD ["python3"]',
-                ],
-            )
-        except docker.errors.DockerException as exc:
-            raise ImageBuildError(f"docker import of {tag} failed: {exc}") from exc
+        result = client.api.import_image(
+            src=str(tarball), repository=repo, tag=img_tag,
+            # An imported image has no config at all; give it what a Python
+            # base image normally carries.
+            changes=[
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+                'CMD ["python3"]',
+            ],
+        )
         _check_import_result(result, tag)
         if not image_exists(client, tag):
             raise ImageBuildError(f"docker import finished but {tag} does not exist")
         progress(f"imported {tag} in {time.monotonic() - started:.0f} s")
     finally:
         _remove_tree(workdir, progress)
+
+
+def _scratch_dir() -> Optional[str]:
+    """Where the root filesystem is assembled (about 1 GB at its peak).
+
+    /var/tmp rather than /tmp: /tmp is often a nodev tmpfs, and the device
+    nodes debootstrap creates would not work there.
+    """
+    chosen = os.environ.get("FIDDLEDOCK_TMPDIR", "").strip()
+    if chosen:
+        return chosen
+    if os.path.isdir("/var/tmp") and os.access("/var/tmp", os.W_OK):
+        return "/var/tmp"
+    return None
+
+
+def _clean_env() -> dict:
+    """Environment for debootstrap and the chroot: no host PYTHONPATH and the like
+    leaking into maintainer scripts, but proxies kept (they reach the mirror)."""
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LC_ALL": "C",
+        "DEBIAN_FRONTEND": "noninteractive",
+    }
+    for key, value in os.environ.items():
+        if key.lower() in ("http_proxy", "https_proxy", "no_proxy", "ftp_proxy"):
+            env[key] = value
+    return env
+
+
+def _apt_install_in_rootfs(rootfs: pathlib.Path, packages, progress: Progress, env: dict) -> None:
+    """apt-get install inside the bootstrapped tree.
+
+    Not debootstrap --include: its resolver always takes a dependency's first
+    alternative and ignores preferences, so python3-fonttools' "python3-scipy |
+    python3-munkres" drags in scipy, pythran, gcc, g++, the Python headers and
+    openblas (an image of 1.1 GB instead of about 0.5 GB).
+    """
+    policy = rootfs / "usr/sbin/policy-rc.d"
+    # Keep maintainer scripts from trying to start services in the chroot.
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        chroot = ["chroot", str(rootfs)]
+        _run_streaming(chroot + ["apt-get", "update"], progress, what="apt-get update (chroot)", env=env)
+        _run_streaming(
+            chroot + ["apt-get", "install", "-y", "--no-install-recommends",
+                      "-o", "APT::Keep-Downloaded-Packages=false", *packages],
+            progress, what="apt-get install (chroot)", env=env,
+        )
+    finally:
+        policy.unlink(missing_ok=True)
 
 
 def _ensure_debootstrap(progress: Progress) -> None:
@@ -258,7 +319,7 @@ def _ensure_debootstrap(progress: Progress) -> None:
         raise ImageBuildError(
             "no image registry is reachable, and building the offline base image "
             f"{BASE_IMAGE_OFFLINE} needs root (debootstrap): run "
-            "`sudo python -m fiddledock_magic._image` once, or make "
+            "`sudo python -m fiddledock_magic build-image` once, or make "
             f"{BASE_IMAGE_REGISTRY} available, or set FIDDLEDOCK_BASE_IMAGE to a "
             "local image that has python3"
         )
@@ -303,19 +364,34 @@ def _run_streaming(cmd: list, progress: Progress, what: str, env: Optional[dict]
 
 
 def _trim_rootfs(rootfs: pathlib.Path) -> None:
-    """Drop what a sandbox never needs (package lists, docs, caches, host files)."""
-    for rel in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man",
-                "usr/share/info", "usr/share/locale", "var/cache/debconf", "var/log"):
-        folder = rootfs / rel
-        if folder.is_dir() and not folder.is_symlink():
-            for child in folder.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
+    """Drop what a sandbox never needs: package caches and lists, docs, logs.
+
+    Directories stay (apt expects them); licence files stay.
+    """
+    def delete_files(rel: str, keep=lambda p: False) -> None:
+        top = rootfs / rel
+        if not top.is_dir() or top.is_symlink():
+            return
+        for dirpath, _dirs, files in os.walk(top):
+            for name in files:
+                path = pathlib.Path(dirpath, name)
+                if not keep(path):
                     try:
-                        child.unlink()
+                        path.unlink()
                     except OSError:
                         pass
+
+    delete_files("var/lib/apt/lists")
+    delete_files("var/cache/apt")
+    delete_files("var/cache/debconf", keep=lambda p: not p.name.endswith("-old"))
+    delete_files("var/log")
+    delete_files("usr/share/doc", keep=lambda p: p.name == "copyright")
+    for rel in ("usr/share/man", "usr/share/info", "usr/share/locale"):
+        top = rootfs / rel
+        if top.is_dir() and not top.is_symlink():
+            for child in top.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
     # debootstrap copies the host's resolver and name; Docker supplies its own.
     for rel in ("etc/resolv.conf", "etc/hostname"):
         path = rootfs / rel
@@ -392,7 +468,7 @@ def _follow_build(stream: Iterable[dict], progress: Progress) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fiddledock_magic._image",
+        prog="python -m fiddledock_magic build-image",
         description="Build FiddleDock's default sandbox image if it is missing.",
     )
     parser.add_argument("--tag", default=DEFAULT_IMAGE, help=f"image tag (default {DEFAULT_IMAGE})")
@@ -425,6 +501,3 @@ def main(argv: Optional[list] = None) -> int:
     finally:
         client.close()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,10 +6,15 @@ cells and turns what the agent sends into calls on a ``CellHandler``.
 scope (a notebook). Both own Docker only through ``Engine``.
 """
 
+import concurrent.futures
+import contextlib
 import getpass
 import itertools
 import os
+import select
+import signal
 import socket
+import threading
 import time
 
 from . import _image
@@ -18,9 +23,13 @@ from ._engine import LABEL, Engine
 from ._errors import (AgentError, FiddleDockError, ImageNotFound, InstanceBusy,
                       InstanceConflict, InstanceLost, InstanceNotFound)
 from ._protocol import VERSION, AgentConnection, ConnectionClosed
-from ._spec import InstanceSpec, check_name, container_name, scope_id
+from ._spec import (InstanceSpec, InvalidSetting, check_name, container_name,
+                    instance_name, is_pool_container_name, scope_id)
+from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
 
 BOOT_TIMEOUT = 60.0  # python start under gVisor on a loaded machine can be slow
+PROBE_TIMEOUT = 2.0  # a status probe of an idle agent answers in well under 1 ms
+STATUS_THREADS = 32  # stats samples take ~1 s each on the engine: run them side by side
 
 
 class CellHandler:
@@ -53,6 +62,23 @@ def _owner():
     return "%s@%s" % (user, socket.gethostname())
 
 
+def connection_alive(conn):
+    """Whether an open connection still reaches its agent, without waiting.
+
+    Frames waiting for us between cells are stale (e.g. from an interrupted
+    cell) and are dropped; an ended stream means the container stopped.
+    """
+    if conn is None or conn.closed:
+        return False
+    try:
+        while conn.recv(timeout=0) is not None:
+            pass
+    except (ConnectionClosed, AgentError, OSError):
+        conn.closed = True
+        return False
+    return True
+
+
 def describe_stop(state):
     """Why a container is not running, from its inspect State."""
     if not state:
@@ -66,21 +92,71 @@ def describe_stop(state):
     return "its container is %s" % status
 
 
+class _InterruptLatch:
+    """SIGINT (the notebook's interrupt button) while a cell runs: counted, not raised.
+
+    A KeyboardInterrupt raised at an arbitrary point of the wait loop could
+    cut a frame in half; the loop looks at ``count`` between frames instead,
+    waking every ``poll`` seconds. Only in the main thread and over Python's
+    standard handler; elsewhere KeyboardInterrupt is caught as before.
+    """
+
+    POLL = 0.1
+
+    def __init__(self):
+        self.count = 0
+        self.poll = None
+        self._old = None
+
+    def _hit(self, signum, frame):
+        self.count += 1
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._hit)
+            self.poll = self.POLL
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    @contextlib.contextmanager
+    def paused(self):
+        if self._old is None:
+            yield
+            return
+        signal.signal(signal.SIGINT, self._old)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._hit)
+
+
 class Instance:
     """One instance: its container and, once connected, its agent."""
 
-    def __init__(self, manager, name, info):
+    def __init__(self, manager, name, info, engine=None):
         self.manager = manager
         self.name = name
         self.container_id = info["Id"]
         labels = info.get("Config", {}).get("Labels") or {}
         self.image = labels.get("fiddledock.image") or info.get("Config", {}).get("Image")
         self.connection = None
+        self.pending_notice = None  # from a status probe, for the next cell
+        # Held while a cell or reset talks to the agent, so a status probe
+        # (another thread) never reads the same connection.
+        self.lock = threading.RLock()
         self._cell_ids = itertools.count(1)
+        self._engine = engine
 
     @property
     def engine(self):
-        return self.manager.engine
+        return self._engine or self.manager.engine
+
+    def alive(self):
+        return connection_alive(self.connection)
 
     # --- connecting -----------------------------------------------------------
     def connect(self, fresh=False):
@@ -153,6 +229,10 @@ class Instance:
         A KeyboardInterrupt here (the notebook's interrupt button) becomes an
         interrupt in the container; a second one asks for a kill.
         """
+        with self.lock:
+            return self._execute(code, handler, timeout, reset, output_limit, interrupt_grace)
+
+    def _execute(self, code, handler, timeout, reset, output_limit, interrupt_grace):
         conn = self.connection
         cell_id = next(self._cell_ids)
         request = {"type": "execute", "id": cell_id, "timeout": timeout or 0,
@@ -163,32 +243,45 @@ class Instance:
             request["interrupt_grace"] = float(interrupt_grace)
         conn.send(request, code.encode("utf-8", "surrogateescape"))
         interrupts = 0
-        while True:
-            try:
-                header, payload = conn.recv()
-                if header.get("id") not in (cell_id, None):
-                    continue
-                kind = header.get("type")
-                if kind == "stream":
-                    handler.stream(header.get("name"), payload)
-                elif kind == "display":
-                    handler.display(header.get("data") or {}, header.get("metadata") or {})
-                elif kind == "result":
-                    handler.result(header.get("data") or {}, header.get("metadata") or {})
-                elif kind == "notice":
-                    handler.notice(header.get("text", ""))
-                elif kind == "input_request":
-                    self._answer(handler, header)
-                elif kind == "busy":
-                    raise InstanceBusy(self.name)
-                elif kind == "done":
-                    return header
-            except KeyboardInterrupt:
-                interrupts += 1
-                conn.send({"type": "interrupt", "id": cell_id, "kill": interrupts > 1})
-            except ConnectionClosed:
-                self.disconnect()
-                raise InstanceLost(self.name, self._why_dead(conn)) from None
+        with _InterruptLatch() as latch:
+            while True:
+                try:
+                    while interrupts < latch.count:  # forwarded between frames, never mid-frame
+                        interrupts += 1
+                        conn.send({"type": "interrupt", "id": cell_id, "kill": interrupts > 1})
+                    frame = conn.recv(timeout=latch.poll)
+                    if frame is None:
+                        continue
+                    if self._on_event(frame, cell_id, handler, latch):
+                        return frame[0]
+                except KeyboardInterrupt:  # not latched (another thread, or input())
+                    latch.count += 1
+                except ConnectionClosed:
+                    self.disconnect()
+                    raise InstanceLost(self.name, self._why_dead(conn)) from None
+
+    def _on_event(self, frame, cell_id, handler, latch):
+        """Hand one event of the running cell to handler; True when it is ``done``."""
+        header, payload = frame
+        if header.get("id") not in (cell_id, None):
+            return False
+        kind = header.get("type")
+        if kind == "stream":
+            handler.stream(header.get("name"), payload)
+        elif kind == "display":
+            handler.display(header.get("data") or {}, header.get("metadata") or {})
+        elif kind == "result":
+            handler.result(header.get("data") or {}, header.get("metadata") or {})
+        elif kind == "notice":
+            handler.notice(header.get("text", ""))
+        elif kind == "input_request":
+            with latch.paused():  # the frontend's own input wait must see it
+                self._answer(handler, header)
+        elif kind == "busy":
+            raise InstanceBusy(self.name)
+        elif kind == "done":
+            return True
+        return False
 
     def _answer(self, handler, header):
         try:
@@ -202,20 +295,63 @@ class Instance:
 
     def reset(self):
         """A fresh namespace in the same container."""
-        conn = self.connection
-        conn.send({"type": "reset"})
-        header = self._wait(conn, ("ready", "busy"))
-        if header["type"] == "busy":
-            raise InstanceBusy(self.name)
+        with self.lock:
+            conn = self.connection
+            conn.send({"type": "reset"})
+            header = self._wait(conn, ("ready", "busy"))
+            if header["type"] == "busy":
+                raise InstanceBusy(self.name)
+
+    def probe(self):
+        """'idle' or 'busy' from the agent, without counting as use; None if unknown.
+
+        A cell of this kernel holds the lock: that is 'busy' without asking.
+        """
+        if not self.lock.acquire(blocking=False):
+            return "busy"
+        try:
+            conn = self.connection
+            if not connection_alive(conn):
+                return None
+            conn.send({"type": "hello", "passive": True})
+            deadline = time.monotonic() + PROBE_TIMEOUT
+            while True:
+                frame = conn.recv(timeout=max(0.0, deadline - time.monotonic()))
+                if frame is None:
+                    return None
+                if frame[0].get("type") == "ready":
+                    if frame[0].get("notice"):  # the agent hands it out once
+                        self.pending_notice = frame[0]["notice"]
+                    return "busy" if frame[0].get("busy") else "idle"
+        except (ConnectionClosed, AgentError, OSError):
+            return None
+        finally:
+            self.lock.release()
 
 
 class InstanceManager:
-    """The instances of one scope (a notebook), created with one config."""
+    """The instances of one scope (a notebook), created with one config.
+
+    An instance is identified by its container's name (``_spec.container_name``
+    of the instance name and the scope), never by a label: a container taken
+    from the pool was created under another name and its labels cannot change.
+    """
 
     def __init__(self, config, engine=None):
+        from ._pool import Pool
         self.config = config
         self.engine = engine or Engine()
         self.instances = {}  # name -> Instance, connected in this kernel
+        self.pool = Pool(self)
+        if config.pool_size:
+            self.pool.resize(config.pool_size)
+        config.observe(lambda change: self.pool.resize(change["new"]), "pool_size")
+        # Names mean other containers in another scope: forget this one's connections.
+        config.observe(lambda change: self.disconnect_all(), "scope")
+        # New default settings: the pool replaces its containers now, not at its next round.
+        config.observe(lambda change: self.pool.resize(self.pool.size),
+                       ["image", "memory", "cpus", "pids", "disk", "network", "runtime",
+                        "env", "idle_timeout", "output_limit", "interrupt_grace", "scope"])
 
     @property
     def scope(self):
@@ -234,10 +370,18 @@ class InstanceManager:
                             pids=c.pids, disk=c.disk, network=c.network,
                             runtime=c.runtime, env=dict(c.env))
 
+    def pool_key(self, spec):
+        """What a pooled container must have been made with to serve ``spec``."""
+        return spec.key({"agent": self.agent_config(), "scope": self.scope})
+
     def labels(self, name):
+        """Labels of a new container: ours, its scope, its owner.
+
+        ``name`` is None for a pool container (its instance is not known yet).
+        """
         return {
             LABEL: "1",
-            "fiddledock.instance": name,
+            "fiddledock.instance": name or "",
             "fiddledock.scope": scope_id(self.scope),
             "fiddledock.scope_path": self.scope[-200:],
             "fiddledock.owner": _owner(),
@@ -248,18 +392,25 @@ class InstanceManager:
         """The instance, connected: re-attached, restarted or created as needed."""
         check_name(name)
         inst = self.instances.get(name)
-        if inst is not None and inst.connection is not None and not inst.connection.closed:
+        if inst is not None and inst.alive():
             if image and image != inst.image:
                 raise InstanceConflict(
                     "instance %r already runs image %r, not %r; delete it or pick another name"
                     % (name, inst.image, image))
+            if inst.pending_notice:
+                notice(inst.pending_notice)
+                inst.pending_notice = None
             return inst
+        if inst is not None:
+            inst.disconnect()
         info = self.engine.inspect(container_name(name, self.scope))
         if info is None:
             if inst is not None:
                 notice("instance %r was gone (removed, or the engine restarted); "
                        "created a new one: its previous state is lost" % name)
-            return self.create(name, self.default_spec(image), progress=progress)
+            self.instances.pop(name, None)
+            return self.create(name, self.default_spec(image), progress=progress, _absent=True)
+        old = inst
         inst = Instance(self, name, info)
         if image and image != inst.image:
             raise InstanceConflict(
@@ -270,32 +421,60 @@ class InstanceManager:
                    % (name, describe_stop(info["State"])))
             text = inst.connect(fresh=True)
         else:
+            if old is not None and old.container_id != inst.container_id:
+                notice("instance %r was replaced by a new container (restarted or recreated "
+                       "elsewhere): its previous state is lost" % name)
             text = inst.connect()
         if text:
             notice(text)
         self.instances[name] = inst
         return inst
 
-    def create(self, name, spec, progress=lambda line: None):
-        """A new instance from spec; an error if one of that name exists."""
+    def create(self, name, spec, progress=lambda line: None, _absent=False):
+        """A new instance from spec; an error if one of that name exists.
+
+        A ready container from the pool is used when its settings match.
+        """
         check_name(name)
         spec.validate()
+        self.check_runtime(spec.runtime)
         cname = container_name(name, self.scope)
-        if self.engine.inspect(cname) is not None:
+        if not _absent and self.engine.inspect(cname) is not None:
             raise InstanceConflict("instance %r already exists" % name)
+        inst = self.pool.take(self.pool_key(spec), name, cname)
+        if inst is not None:
+            self.instances[name] = inst
+            return inst
         self._ensure_image(spec.image, progress)
+        inst = self.start_container(cname, name, spec, self.labels(name))
+        self.instances[name] = inst
+        return inst
+
+    def start_container(self, cname, name, spec, labels, engine=None):
+        """Create, start and boot a container; an Instance connected to it."""
+        engine = engine or self.engine
         config, host_config = spec.container_config(
-            ["python3", "-c", bootstrap_source()], self.labels(name))
-        cid = self.engine.create(cname, config, host_config)
+            ["python3", "-c", bootstrap_source()], labels)
+        cid = engine.create(cname, config, host_config)
         info = {"Id": cid, "Config": {"Labels": config["labels"], "Image": spec.image}}
-        inst = Instance(self, name, info)
+        inst = Instance(self, name, info, engine=engine)
         try:
             inst.connect(fresh=True)
         except BaseException:
-            self.engine.remove(cid)
+            engine.remove(cid)
             raise
-        self.instances[name] = inst
+        inst._engine = None if engine is self.engine else engine
         return inst
+
+    def check_runtime(self, runtime, engine=None):
+        if runtime == "runc":
+            return
+        known = (engine or self.engine).runtimes()
+        if runtime not in known:
+            hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
+                    if runtime == "runsc" else "")
+            raise InvalidSetting("runtime %r is not registered with this Docker engine, which "
+                                 "has: %s%s" % (runtime, ", ".join(known), hint))
 
     def _ensure_image(self, image, progress):
         if self.engine.image_exists(image):
@@ -314,8 +493,21 @@ class InstanceManager:
         return info
 
     def list(self):
-        """Container summaries of this scope's instances."""
-        return self.engine.list({"fiddledock.scope": scope_id(self.scope)})
+        """Container summaries of this scope's instances (pool containers left out)."""
+        rows = self.engine.list({"fiddledock.scope": scope_id(self.scope)})
+        return [r for r in rows if self.name_of(r) is not None]
+
+    def name_of(self, summary):
+        """The instance a container summary (or inspect data) stands for, or None."""
+        names = summary.get("Names") or [summary.get("Name") or ""]
+        for cname in names:
+            name = instance_name(cname, self.scope)
+            if name is not None:
+                return name
+        return None
+
+    def names(self):
+        return sorted(self.name_of(r) for r in self.list())
 
     def delete(self, name):
         info = self.find(name)
@@ -327,43 +519,133 @@ class InstanceManager:
     def delete_all(self):
         names = []
         for summary in self.list():
-            name = summary["Labels"].get("fiddledock.instance")
+            name = self.name_of(summary)
             inst = self.instances.pop(name, None)
             if inst is not None:
                 inst.disconnect()
             self.engine.remove(summary["Id"])
             names.append(name)
-        return names
+        return sorted(names)
 
-    def restart(self, name):
+    def restart(self, name, progress=lambda line: None):
         """A new container with the same settings: state is lost."""
         info = self.find(name)
-        labels = info["Config"]["Labels"]
-        spec = InstanceSpec(
-            image=labels.get("fiddledock.image", self.config.image),
-            memory=labels.get("fiddledock.memory", self.config.memory),
-            cpus=float(labels.get("fiddledock.cpus", self.config.cpus)),
-            pids=int(labels.get("fiddledock.pids", self.config.pids)),
-            disk=labels.get("fiddledock.disk", self.config.disk),
-            network=labels.get("fiddledock.network", self.config.network),
-            runtime=labels.get("fiddledock.runtime", self.config.runtime),
-        )
-        env = {}
-        for item in info["Config"].get("Env") or []:
-            key, _, value = item.partition("=")
-            env[key] = value
-        keys = set(filter(None, labels.get("fiddledock.env_keys", "").split(",")))
-        spec.env = {k: v for k, v in env.items() if k in keys}
+        spec = InstanceSpec.from_container(info, self.default_spec())
         self.delete(name)
-        return self.create(name, spec)
+        return self.create(name, spec, progress=progress)
 
     def reset(self, name):
+        self.find(name)  # reset never creates
         self.get(name).reset()
 
-    def close(self):
+    def cleanup(self, all_scopes=False):
+        """Remove stopped and orphaned containers; their instance names.
+
+        Removed: every instance container that is not running (stopped by
+        its idle timeout, by hand, or dead) and every pool container that is
+        stopped or whose creating kernel is gone (same host). Running
+        instances stay: after a kernel restart they are re-attached. Only
+        this notebook's scope unless ``all_scopes``.
+        """
+        from ._pool import orphaned
+        labels = None if all_scopes else {"fiddledock.scope": scope_id(self.scope)}
+        removed = []
+        for row in self.engine.list(labels):
+            cname = (row.get("Names") or ["?"])[0].lstrip("/")
+            if is_pool_container_name(cname):
+                if not orphaned(row):
+                    continue
+            elif row.get("State") == "running":
+                continue
+            self.engine.remove(row["Id"])
+            name = self.name_of(row)
+            if name is not None and self.instances.get(name) is not None \
+                    and self.instances[name].container_id == row["Id"]:
+                self.instances.pop(name).disconnect()
+            removed.append(name or cname)
+        return removed
+
+    # --- status -----------------------------------------------------------------
+    def statuses(self):
+        """One InstanceStatus per instance of this scope, sorted by name.
+
+        The engine's stats endpoint takes about a second per sample, so the
+        containers are inspected, sampled and probed side by side.
+        """
+        rows = self.list()
+        if not rows:
+            return []
+        workers = min(STATUS_THREADS, len(rows))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(self._status_of, rows))
+        return sorted((r for r in results if r is not None), key=lambda r: r.name)
+
+    def _status_of(self, summary):
+        name = self.name_of(summary)
+        info = self.engine.inspect(summary["Id"])
+        if info is None:  # removed while we looked
+            return None
+        state = info.get("State") or {}
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        host = info.get("HostConfig") or {}
+        row = InstanceStatus(
+            name=name,
+            image=labels.get("fiddledock.image") or (info.get("Config") or {}).get("Image", ""),
+            status="stopped",
+            started_at=parse_time(state.get("StartedAt")),
+            memory_used=None,
+            memory_limit=host.get("Memory") or None,
+            cpu_percent=None,
+            container_id=info["Id"],
+            container_name=info.get("Name", "").lstrip("/"),
+            is_default=(name == self.config.default_instance),
+        )
+        if not state.get("Running"):
+            row.status, row.note = _stopped_status(state)
+            return row
+        try:
+            sample = self.engine.stats(info["Id"])
+            row.memory_used = memory_used(sample)
+            row.cpu_percent = cpu_percent(sample)
+        except Exception as exc:  # a container stopping right now, a runtime without stats
+            row.note = "no stats: %s" % str(exc).splitlines()[0][:100] if str(exc) else ""
+        inst = self.instances.get(name)
+        answer = None
+        if inst is not None and inst.container_id == info["Id"]:
+            answer = inst.probe()
+        if answer is None:
+            row.status = "running"
+            if not row.note:
+                row.note = "not connected from this kernel"
+        else:
+            row.status = answer
+        return row
+
+    def disconnect_all(self):
         for inst in self.instances.values():
             inst.disconnect()
         self.instances.clear()
+
+    def close(self):
+        self.pool.close()
+        self.disconnect_all()
+
+
+# Exit codes of a container that was stopped rather than crashed: clean exit,
+# SIGINT, SIGKILL and SIGTERM (docker stop).
+_STOP_CODES = (0, 130, 137, 143)
+
+
+def _stopped_status(state):
+    """('stopped' or 'dead', why) for a container that is not running."""
+    if state.get("OOMKilled"):
+        return "dead", "out of memory"
+    status = state.get("Status")
+    if status == "created":
+        return "stopped", "never started"
+    if status == "dead" or state.get("ExitCode") not in _STOP_CODES:
+        return "dead", "exit code %s" % state.get("ExitCode")
+    return "stopped", "exit code %s" % state.get("ExitCode")
 
 
 __all__ = ["CellHandler", "Instance", "InstanceManager", "FiddleDockError"]

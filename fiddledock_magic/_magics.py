@@ -12,7 +12,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ._commands import LineCommands
-from ._errors import CellError, CellKilled, CellTimeout, FiddleDockError
+from ._errors import CellError, CellKilled, CellTimeout, FiddleDockError, InstanceLost
 from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
 
@@ -83,6 +83,10 @@ class DockerRunMagics(Magics):
             done = instance.execute(cell, renderer, timeout=timeout, reset=args.reset,
                                     output_limit=self.config_obj.output_limit,
                                     interrupt_grace=self.config_obj.interrupt_grace)
+        except InstanceLost as exc:  # the container stopped under the cell
+            renderer.finish()
+            return self._fail(InstanceLost(exc.name, "%s; the next cell restarts it, with a fresh "
+                                           "state" % exc.reason), args.no_raise)
         except FiddleDockError as exc:
             renderer.finish()
             return self._fail(exc, args.no_raise)
@@ -93,13 +97,17 @@ class DockerRunMagics(Magics):
             return renderer.value
         if done.get("notice"):
             renderer.notice(done["notice"])
+        reason = done.get("reason")
         if status in ("error", "interrupted"):
             error = remote_error(done.get("error") or {"ename": "KeyboardInterrupt"})
-        elif status == "timeout":
-            error = CellTimeout("cell timed out after %g s; KeyboardInterrupt raised, "
-                                "namespace kept" % timeout)
-        else:
-            error = CellKilled("cell killed: %s" % (done.get("reason") or "unknown reason"))
+        elif status == "timeout":  # KeyboardInterrupt stopped it: show where it was
+            error = CellTimeout(
+                reason or "timed out after %g s: KeyboardInterrupt raised; namespace kept" % timeout,
+                (done.get("error") or {}).get("traceback") or [])
+        else:  # the worker died or was killed: say why, and that the state is gone
+            cls = CellTimeout if done.get("cause") == "timeout" else CellKilled
+            error = cls("the cell %s; its namespace was lost and the next cell runs in a "
+                        "fresh worker" % (reason or "died"))
         return self._fail(error, args.no_raise)
 
     def _fail(self, error, no_raise):

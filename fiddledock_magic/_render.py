@@ -3,7 +3,10 @@
 Output is decoded incrementally (a UTF-8 character split across chunks stays
 whole; bad bytes become U+FFFD), written from the main thread (ipykernel only
 routes main-thread output to the cell) and flushed at a bounded rate so a
-tight print loop does not flood the frontend.
+tight print loop does not flood the frontend. Rich output (``display`` and
+the cell's value) passes through ``_safety.safe_bundle`` before it reaches
+the page; display ids from a container are prefixed so it can only update
+its own outputs.
 """
 
 import codecs
@@ -14,6 +17,8 @@ from ._instance import CellHandler
 from ._safety import safe_bundle
 
 FLUSH_INTERVAL = 0.05  # seconds between forced flushes
+RESERVED = "fiddledock"  # metadata key the agent uses for display ids and clear_output
+DISPLAY_ID_PREFIX = "fiddledock-"
 
 
 def _can_ask(shell):
@@ -49,6 +54,7 @@ class CellRenderer(CellHandler):
         self.can_ask = _can_ask(shell)
         self.value = None
         self._decoders = {}
+        self._dirty = set()  # streams written since the last flush
         self._last_flush = 0.0
 
     def _target(self, name):
@@ -61,35 +67,52 @@ class CellRenderer(CellHandler):
         text = decoder.decode(data)
         if text:
             self._target(name).write(text)
+            self._dirty.add(name)
             now = time.monotonic()
             if now - self._last_flush >= FLUSH_INTERVAL:
                 self.flush()
                 self._last_flush = now
 
-    def flush(self):
+    def flush(self, final=False):
+        # Each flush is a round trip to ipykernel's IO thread: only the
+        # streams actually written are flushed.
         for name, decoder in self._decoders.items():
-            tail = decoder.decode(b"", final=False)
+            tail = decoder.decode(b"", final=final)
             if tail:
                 self._target(name).write(tail)
-        sys.stdout.flush()
-        sys.stderr.flush()
+                self._dirty.add(name)
+            if final:
+                decoder.reset()
+        for name in self._dirty:
+            self._target(name).flush()
+        self._dirty.clear()
 
     def finish(self):
-        for name, decoder in self._decoders.items():
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                self._target(name).write(tail)
-            decoder.reset()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        self.flush(final=True)
 
     def display(self, data, metadata):
-        from IPython.display import publish_display_data
+        from IPython.display import clear_output, publish_display_data
         self.flush()
+        metadata = dict(metadata or {})
+        control = metadata.pop(RESERVED, None)
+        control = control if isinstance(control, dict) else {}
+        if control.get("clear"):
+            clear_output(wait=bool(control.get("wait")))
+            return
         data, metadata = safe_bundle(data, metadata)
-        publish_display_data(data, metadata)
+        display_id = control.get("display_id")
+        if isinstance(display_id, str) and 0 < len(display_id) <= 200:
+            # Prefixed: a container can only update displays containers made,
+            # never one of the notebook's own outputs.
+            publish_display_data(data, metadata,
+                                 transient={"display_id": DISPLAY_ID_PREFIX + display_id},
+                                 update=bool(control.get("update")))
+        else:
+            publish_display_data(data, metadata)
 
     def result(self, data, metadata):
+        metadata = dict(metadata or {})
+        metadata.pop(RESERVED, None)
         self.value = ContainerValue(*safe_bundle(data, metadata))
 
     def notice(self, text):

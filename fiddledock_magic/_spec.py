@@ -7,7 +7,9 @@ arguments: safe by default (see "Safe by default" in the brief).
 
 import dataclasses
 import hashlib
+import json
 import re
+import uuid
 
 from ._errors import FiddleDockError
 
@@ -19,6 +21,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 CONTAINER_PREFIX = "fiddledock-"
+# Pool containers: a prefix no instance's container name can have, so a pooled
+# container is never mistaken for an instance (see _pool.py).
+POOL_PREFIX = "fiddledock_pool-"
 
 
 class InvalidSetting(FiddleDockError, ValueError):
@@ -49,6 +54,29 @@ def scope_id(scope):
 def container_name(instance, scope):
     """The container's name: readable in `docker ps`, unique per notebook."""
     return "%s%s-%s" % (CONTAINER_PREFIX, instance, scope_id(scope))
+
+
+def instance_name(container_name_, scope):
+    """The instance a container name stands for in this scope, or None.
+
+    The container's name is the source of truth for an instance's identity:
+    labels cannot change after creation, and a pooled container only gets
+    its instance's name when it is taken (renamed).
+    """
+    cname = container_name_.lstrip("/")
+    suffix = "-" + scope_id(scope)
+    if not (cname.startswith(CONTAINER_PREFIX) and cname.endswith(suffix)):
+        return None
+    name = cname[len(CONTAINER_PREFIX):-len(suffix)]
+    return name if NAME_RE.match(name) else None
+
+
+def pool_container_name(scope):
+    return "%s%s-%s" % (POOL_PREFIX, scope_id(scope), uuid.uuid4().hex[:10])
+
+
+def is_pool_container_name(container_name_):
+    return container_name_.lstrip("/").startswith(POOL_PREFIX)
 
 
 @dataclasses.dataclass
@@ -94,6 +122,37 @@ class InstanceSpec:
                                      "and '_'; %r is not one" % key)
         self.cpus, self.pids = cpus, pids
         return self
+
+    @classmethod
+    def from_container(cls, info, fallback):
+        """The settings a container was created with (its labels and env).
+
+        ``fallback`` is an InstanceSpec for settings a label does not hold.
+        """
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        spec = cls(
+            image=labels.get("fiddledock.image") or fallback.image,
+            memory=labels.get("fiddledock.memory") or fallback.memory,
+            cpus=float(labels.get("fiddledock.cpus") or fallback.cpus),
+            pids=int(labels.get("fiddledock.pids") or fallback.pids),
+            disk=labels.get("fiddledock.disk") or fallback.disk,
+            network=labels.get("fiddledock.network") or fallback.network,
+            runtime=labels.get("fiddledock.runtime") or fallback.runtime,
+        )
+        keys = set(filter(None, labels.get("fiddledock.env_keys", "").split(",")))
+        for item in (info.get("Config") or {}).get("Env") or []:
+            key, _, value = item.partition("=")
+            if key in keys:
+                spec.env[key] = value
+        return spec
+
+    def key(self, extra=None):
+        """A short hash of the settings (and ``extra``): pool containers match on it."""
+        data = dataclasses.asdict(self)
+        data["cpus"] = float(data["cpus"])
+        data["pids"] = int(data["pids"])
+        text = json.dumps([data, extra], sort_keys=True)
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
     def labels(self):
         """The settings as labels, so `list` can show them for any container."""

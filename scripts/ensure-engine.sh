@@ -163,6 +163,8 @@ elif ! command -v docker >/dev/null 2>&1 && ! can_manage; then
   die "no docker client and no engine. Install Docker Engine (Linux: as root run this script, or 'apt-get install docker.io'; macOS/Windows: Docker Desktop), or set DOCKER_HOST to a reachable engine"
 elif ! local_engine; then
   die "DOCKER_HOST=$DOCKER_HOST does not answer 'docker info'. Start that engine or unset DOCKER_HOST to use a local one"
+elif [ -S /var/run/docker.sock ] && [ ! -w /var/run/docker.sock ] && [ "$(id -u)" != 0 ]; then
+  die "an engine socket exists (/var/run/docker.sock) but $(id -un) may not use it. Add the user to the 'docker' group (then log in again), run as root, or set DOCKER_HOST to a reachable engine"
 elif [ "$(uname -s)" != Linux ]; then
   die "no Docker engine answers. Start Docker Desktop (or another engine), or set DOCKER_HOST to a reachable engine"
 elif [ "$(id -u)" != 0 ]; then

@@ -20,4 +20,4 @@ echo "==> making sure a Docker engine is reachable"
 bash scripts/ensure-engine.sh --with-runsc
 
 echo "==> making sure the default sandbox image exists"
-.venv/bin/python -m fiddledock_magic._image
+.venv/bin/python -m fiddledock_magic build-image

@@ -143,3 +143,40 @@ def kernel(docker_client, default_image):
     yield k
     k.shutdown()
     _remove_scope(docker_client, scope)
+
+
+# The browser harness (JupyterLab + headless Chromium): fixtures lab_server,
+# chromium, lab_page for every test file; helpers via `from browser import ...`.
+from browser import chromium, lab_page, lab_server  # noqa: E402,F401
+
+
+# --- instance management (issue 3): a scope of one's own in the session shell ---------
+
+@pytest.fixture
+def own_scope(shell, docker_client):
+    """The session shell switched to a scope (notebook) of its own for one test.
+
+    Restores the scope, the default instance and an empty pool afterwards, and
+    removes every container of the test's scope.
+    """
+    from fiddledock_magic._extension import manager_of
+    manager = manager_of(shell)
+    config = manager.config
+    saved = (config.scope, config.default_instance, config.idle_timeout, config.image)
+    scope = "pytest-own-%s" % uuid.uuid4().hex[:8]
+    config.scope = scope
+    yield scope
+    config.pool_size = 0
+    manager.pool.resize(0, wait=True)
+    config.scope, config.default_instance, config.idle_timeout, config.image = saved
+    _remove_scope(client=docker_client, scope=scope)
+
+
+@pytest.fixture
+def line_magic(shell, capsys):
+    """line_magic('list') -> what `%dockerrun list` printed on stdout."""
+    def _line(text):
+        capsys.readouterr()
+        shell.run_line_magic("dockerrun", text)
+        return capsys.readouterr().out
+    return _line

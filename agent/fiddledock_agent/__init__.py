@@ -2,7 +2,9 @@
 
 ``bootstrap`` receives these modules over the container's stdin and starts
 ``supervisor.main``; ``supervisor`` owns the channel to the notebook and the
-worker process; ``worker`` runs cells; ``display`` builds MIME bundles.
+worker process; ``worker`` runs cells; ``display`` builds MIME bundles;
+``hooks`` patches modules when user code imports them; ``shim`` stands in
+for ``IPython.display``; ``mpl`` shows matplotlib figures.
 """
 
-MODULES = ("protocol", "display", "worker", "supervisor")
+MODULES = ("protocol", "display", "hooks", "shim", "mpl", "worker", "supervisor")

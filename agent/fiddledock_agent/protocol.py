@@ -23,13 +23,15 @@ Requests (client -> agent)
 ``boot``          first frame to a fresh container: payload is a JSON object
                   ``{module name: source}``; header has ``modules`` (load
                   order) and ``config``. Only the bootstrap reads it.
-``hello``         who is there; answered by ``ready``.
+``hello``         who is there; answered by ``ready``. With ``passive: true``
+                  (a status probe) it does not count as use for idle_timeout.
 ``execute``       run a cell. Header: ``id`` (cell id), ``timeout`` (seconds,
                   0 = none), ``reset`` (fresh namespace first),
                   ``output_limit`` (bytes), ``stdin`` (client can answer
                   input()). Payload: the source, UTF-8.
 ``interrupt``     KeyboardInterrupt in the running cell; ``kill: true``
-                  escalates at once.
+                  escalates one step at once (kill its child processes, then
+                  its worker; see supervisor.py).
 ``input_reply``   header ``value`` (str) or ``error`` (str) for a pending
                   ``input_request``.
 ``reset``         fresh namespace (new worker process); answered by ``ready``.
@@ -43,16 +45,21 @@ Events (agent -> client)
 ``busy``          the execute request was refused: another cell is running.
 ``stream``        header ``name`` (stdout|stderr); payload: output bytes.
 ``display``       header ``data`` (MIME bundle: mime type -> str or JSON),
-                  ``metadata``.
+                  ``metadata``. The metadata key ``fiddledock`` is reserved:
+                  ``{"display_id", "update"}`` for display ids, or
+                  ``{"clear": true, "wait"}`` (empty data) for clear_output.
 ``result``        like display, for the value of the cell's last expression.
 ``input_request`` header ``prompt``, ``password``.
 ``notice``        header ``text``: something the user should know (output
                   truncated, worker restarted, ...).
 ``done``          the cell ended. Header ``status``: ``ok``, ``error``
                   (``error`` has ``ename``, ``evalue``, ``traceback`` lines),
-                  ``interrupted`` (KeyboardInterrupt, namespace kept) or
-                  ``killed`` (``reason``: why the worker died; its state is
-                  lost).
+                  ``interrupted`` (KeyboardInterrupt, namespace kept),
+                  ``timeout`` (the time limit raised KeyboardInterrupt and it
+                  stopped; ``reason``, ``error``; namespace kept) or
+                  ``killed`` (``reason``: why the worker died, e.g. "exited
+                  with status 3"; ``cause``: ``timeout``, ``interrupt`` or
+                  null; ``state_lost``: true; its state is lost).
 
 Nothing here is ever unpickled or evaluated: headers are JSON, payloads bytes.
 This module is the single definition of the framing; the notebook side

@@ -11,6 +11,7 @@ their order.
 import ast
 import builtins
 import io
+import json
 import linecache
 import os
 import signal
@@ -18,10 +19,15 @@ import socket
 import sys
 import threading
 import time
+import tokenize
 import traceback
+import uuid
 
 from fiddledock_agent import display as display_mod
+from fiddledock_agent import hooks as hooks_mod
+from fiddledock_agent import mpl as mpl_mod
 from fiddledock_agent import protocol
+from fiddledock_agent import shim as shim_mod
 
 CHUNK = 64 * 1024
 FLUSH_DELAY = 0.02  # seconds a partial line may wait before it is sent
@@ -178,12 +184,16 @@ class StdinReader(io.TextIOBase):
 
 
 class Worker:
+    """Holds the namespace; runs cells; what user code calls (input, display)."""
+
     def __init__(self, channel):
         self.channel = channel
         self.namespace = {"__name__": "__main__", "__builtins__": builtins}
         self.count = 0
         self.stdin_allowed = False
         self.post_cell_hooks = []
+        self.rich_sent = 0  # bytes of display/result data sent in this cell
+        self.rich_dropped = 0
         flusher = Flusher()
         self.stdout = OutputStream(channel, "stdout", 1, flusher)
         self.stderr = OutputStream(channel, "stderr", 2, flusher)
@@ -196,9 +206,24 @@ class Worker:
             getpass.getpass = lambda prompt="Password: ", stream=None: self.ask(prompt, True)
         except ImportError:
             pass
+        # What ipykernel sets for a local cell, so tools colour their output
+        # and never wait on a pager; --env values win.
+        for key, value in (("TERM", "xterm-color"), ("CLICOLOR", "1"), ("FORCE_COLOR", "1"),
+                           ("CLICOLOR_FORCE", "1"), ("PAGER", "cat"), ("GIT_PAGER", "cat")):
+            os.environ.setdefault(key, value)
+        hooks_mod.HOOKS.install()
+        shim_mod.install(self, hooks_mod.HOOKS)
+        inline = mpl_mod.Inline(self)
+        inline.install(hooks_mod.HOOKS)
+        self.post_cell_hooks.append(inline.after_cell)
 
     def flush(self):
         self.stdout.flush()
+        self.stderr.flush()
+
+    def warn(self, text):
+        """One line on the cell's stderr (a repr method that failed, ...)."""
+        self.stderr.write("%s\n" % text)
         self.stderr.flush()
 
     # --- what user code calls -------------------------------------------
@@ -215,13 +240,40 @@ class Worker:
             raise EOFError(header["error"])
         return str(header.get("value", ""))
 
-    def display(self, *objs, raw=False, metadata=None, **_ignored):
+    def display(self, *objs, include=None, exclude=None, metadata=None, transient=None,
+                display_id=None, raw=False, clear=False, update=False, **_ignored):
+        """IPython's display(): each object's MIME bundle goes beneath the cell.
+
+        ``display_id`` (True for a new one) returns a handle whose
+        ``update()`` replaces the output in place; ``clear`` clears the
+        cell's output first. Display ids and clearing travel in the reserved
+        metadata key ``fiddledock`` (the renderer takes it out again).
+        """
+        if transient and not display_id:
+            display_id = transient.get("display_id")
+        if display_id is True:
+            display_id = uuid.uuid4().hex
+        if clear:
+            self.clear_output(wait=True)
         self.flush()
         for obj in objs:
-            data, meta = display_mod.bundle(obj, raw=raw)
+            data, meta = display_mod.bundle(obj, raw=raw, include=include, exclude=exclude,
+                                            on_error=self.warn)
             if metadata:
                 meta.update(metadata)
-            self.channel.send({"type": "display", "data": data, "metadata": meta})
+            meta.pop(RESERVED, None)
+            if display_id:
+                meta[RESERVED] = {"display_id": str(display_id), "update": bool(update)}
+            self.send_bundle("display", data, meta)
+        if display_id and not update:
+            return shim_mod.DisplayHandle(str(display_id))
+        return None
+
+    def clear_output(self, wait=False):
+        """IPython's clear_output(): clear the cell's output (at the next output with wait)."""
+        self.flush()
+        self.channel.send({"type": "display", "data": {},
+                           "metadata": {RESERVED: {"clear": True, "wait": bool(wait)}}})
 
     # --- running a cell ----------------------------------------------------
     def run_cell(self, source, filename):
@@ -232,7 +284,7 @@ class Worker:
             tree = ast.parse(source, filename, "exec")
             last = None
             if (tree.body and isinstance(tree.body[-1], ast.Expr)
-                    and not _ends_with_semicolon(source)):
+                    and not _ends_with_semicolon(lines[tree.body[-1].lineno - 1:])):
                 last = ast.Expression(tree.body.pop().value)
             code = compile(tree, filename, "exec")
             exec(code, self.namespace)
@@ -250,12 +302,40 @@ class Worker:
         return {"status": "ok"}
 
     def show_result(self, value):
+        """The last expression's value, like IPython's Out[n] (None shows nothing)."""
         if value is None:
             return
-        self.namespace["_"] = value
-        data, meta = display_mod.bundle(value)
+        ns = self.namespace
+        ns["___"], ns["__"], ns["_"] = ns.get("__", ""), ns.get("_", ""), value
+        data, meta = display_mod.bundle(value, on_error=self.warn)
+        meta.pop(RESERVED, None)
         self.flush()
-        self.channel.send({"type": "result", "data": data, "metadata": meta})
+        self.send_bundle("result", data, meta)
+
+    def send_bundle(self, kind, data, meta):
+        """A display or result event, within the size limits for rich output."""
+        size = _bundle_size(data)
+        if size > MAX_BUNDLE:
+            self.warn("[fiddledock] an output of %.1f MB was not shown: one output may "
+                      "have at most %d MB" % (size / 1e6, MAX_BUNDLE >> 20))
+            return
+        if self.rich_sent + size > RICH_LIMIT:
+            if not self.rich_dropped:
+                self.warn("[fiddledock] rich output truncated: this cell already showed "
+                          "%d MB of it; the rest is dropped" % (RICH_LIMIT >> 20))
+            self.rich_dropped += 1
+            return
+        self.rich_sent += size
+        self.channel.send({"type": kind, "data": data, "metadata": meta})
+
+    def after_cell(self):
+        """Post-cell hooks (figures still open, ...); a failing hook never loses the cell's end."""
+        for hook in self.post_cell_hooks:
+            try:
+                hook(self)
+            except Exception as exc:
+                self.warn("fiddledock: after the cell: %s: %s" % (type(exc).__name__, exc))
+        self.flush()
 
     def serve(self):
         while True:
@@ -268,10 +348,10 @@ class Worker:
                     continue
                 self.count += 1
                 self.stdin_allowed = bool(header.get("stdin"))
+                self.rich_sent = self.rich_dropped = 0
                 name = "<cell %d>" % self.count
                 done = self.run_cell(payload.decode("utf-8", "replace"), name)
-                for hook in self.post_cell_hooks:
-                    hook(self)
+                self.after_cell()
                 done["type"] = "done"
                 self.channel.send(done)
             except KeyboardInterrupt:
@@ -279,12 +359,32 @@ class Worker:
                 continue
 
 
-def _ends_with_semicolon(source):
-    for line in reversed(source.splitlines()):
-        stripped = line.split("#", 1)[0].strip()
-        if stripped:
-            return stripped.endswith(";")
-    return False
+RESERVED = "fiddledock"  # metadata key for display ids and clear_output
+# Rich output is bounded like streams are: one bundle must fit a frame header
+# (protocol.MAX_HEADER), and a display loop must not flood the notebook.
+MAX_BUNDLE = 16 << 20
+RICH_LIMIT = 48 << 20
+
+
+def _bundle_size(data):
+    """About the bytes a bundle takes on the wire (without encoding it twice)."""
+    size = 0
+    for mime, value in data.items():
+        size += len(mime) + (len(value) if isinstance(value, str) else len(json.dumps(value)))
+    return size
+
+
+def _ends_with_semicolon(lines):
+    """Whether the last statement (its lines) ends with ';': IPython then shows no Out[n]."""
+    last = None
+    try:
+        for tok in tokenize.generate_tokens(iter(lines).__next__):
+            if tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE,
+                                tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER):
+                last = tok
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return last is not None and last.type == tokenize.OP and last.string == ";"
 
 
 def _format_error(exc, filename):
@@ -301,12 +401,123 @@ def _format_error(exc, filename):
     }
 
 
+# --- process and signal setup --------------------------------------------------
+# SIGINT (a timeout, the notebook's interrupt button) raises KeyboardInterrupt
+# only inside the cell's code: one raised while the worker is halfway through
+# writing a frame would corrupt its channel, and one raised while it sends the
+# cell's end would lose that end.
+
+
+# A worker inside os.system() ignores SIGINT at the C level, so the supervisor
+# also sends NUDGE, which waits until the call returns and then acts as the
+# SIGINT the code's own Python-level handler would have got.
+NUDGE = getattr(signal, "SIGRTMIN", 34) + 4
+
+
+class _Guard:
+    pid = None  # the worker's pid: a process made by os.fork() in a cell differs
+    main = None  # the main thread, where signal handlers run
+    sock = None
+    worker = None
+    sending = False  # the main thread is writing a frame
+    pending = False  # a SIGINT came while it was
+
+
+def _in_cell_code(frame):
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<cell "):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum, frame):
+    if _Guard.sending:
+        _Guard.pending = True
+    elif _in_cell_code(frame):
+        raise KeyboardInterrupt
+    # else: no cell code is running (it is finishing): nothing to interrupt
+
+
+def _on_nudge(signum, frame):
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # not when the code chose SIG_IGN itself
+        handler(signal.SIGINT, frame)
+
+
+class _GuardedChannel(Channel):
+    """The channel, with sends a KeyboardInterrupt cannot cut in half."""
+
+    def send(self, header, payload=b""):
+        if os.getpid() != _Guard.pid:
+            return  # a forked child: the channel is the worker's alone
+        if threading.get_ident() != _Guard.main:
+            return super().send(header, payload)
+        _Guard.sending = True
+        try:
+            super().send(header, payload)
+        finally:
+            _Guard.sending = False
+        if _Guard.pending:
+            _Guard.pending = False
+            if _in_cell_code(sys._getframe(1)):
+                raise KeyboardInterrupt
+
+    def recv(self):
+        if os.getpid() != _Guard.pid:
+            _child_exit()  # a forked child came back from the cell's code: it is done
+        return super().recv()
+
+
+def _child_exit(code=0):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _no_input(prompt=""):
+    raise EOFError("input() is not available in a process forked by the cell")
+
+
+def _after_fork_in_child():
+    """A cell called os.fork() (or multiprocessing did): keep the child off the channel.
+
+    Its output goes to fds 1 and 2, the pipes the supervisor reads for every
+    child process, so it is still shown.
+    """
+    _Guard.pending = _Guard.sending = False
+    try:
+        os.close(_Guard.sock.detach())
+    except OSError:
+        pass
+    out, err = [io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
+                                 errors="surrogateescape", line_buffering=True)
+                for fd in (1, 2)]
+    sys.stdout, sys.stderr = out, err
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    builtins.input = _no_input
+    worker = _Guard.worker
+    if worker is not None:
+        worker.stdout, worker.stderr = out, err
+        worker.stdin_allowed = False
+
+
 def run(sock, stdout_fd, stderr_fd):
     """Entry point in the forked child: become the worker and serve."""
     os.setsid()
+    try:  # the OOM killer should take the worker, never the supervisor
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+    signal.set_wakeup_fd(-1)  # the supervisor's; its fd is closed below
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(NUDGE, _on_nudge)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(stdout_fd, 1)
@@ -319,5 +530,8 @@ def run(sock, stdout_fd, stderr_fd):
                 os.close(fd)
             except OSError:
                 pass
-    worker = Worker(Channel(sock))
+    _Guard.pid, _Guard.main, _Guard.sock = os.getpid(), threading.get_ident(), sock
+    worker = Worker(_GuardedChannel(sock))
+    _Guard.worker = worker
+    os.register_at_fork(after_in_child=_after_fork_in_child)
     worker.serve()

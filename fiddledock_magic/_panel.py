@@ -1,0 +1,306 @@
+"""The instance panel: an ipywidgets view of ``_panel_model.PanelModel``.
+
+``%dockerrun panel`` shows it (and returns it: ``p = %dockerrun panel``).
+Only standard ipywidgets, no custom JavaScript, so it works wherever
+ipywidgets 8 does (JupyterLab, Notebook 7, VS Code). The view holds no state
+of its own: it draws the model's traits and turns clicks into model calls.
+CSS classes (``fd-*``) name the parts for tests and for users' styling.
+
+Whether a view is on screen comes from ipywidgets' ``_view_count`` (the
+frontend counts the views it draws), so the live refresh stops when the
+panel's output is cleared.
+"""
+
+import datetime
+import html
+
+import ipywidgets as widgets
+
+from ._panel_model import FIELDS, model_for, short_error
+from ._status import format_bytes, format_cpu, format_duration
+
+# name, image, status, uptime, memory, CPU, actions
+COLUMNS = (("name", "170px"), ("image", "180px"), ("status", "86px"), ("uptime", "74px"),
+           ("memory used / limit", "160px"), ("CPU", "60px"), ("", "auto"))
+STATUS_COLORS = {"idle": "#2e7d32", "running": "#1565c0", "busy": "#ef6c00",
+                 "stopped": "#757575", "dead": "#c62828"}
+PLACEHOLDERS = {"name": "e.g. alice", "cpus": "cores", "pids": "processes"}
+LABELS = {"name": "name", "image": "image", "memory": "memory", "cpus": "CPUs",
+          "pids": "pids", "disk": "disk"}
+FIELD_WIDTHS = {"name": "190px", "image": "250px", "memory": "135px", "cpus": "100px",
+                "pids": "110px", "disk": "115px"}  # the label included
+
+
+def _cell(width, widget=None):
+    widget = widget or widgets.HTML()
+    widget.layout = widgets.Layout(width=width, min_width=width if width != "auto" else None,
+                                   overflow="hidden")
+    return widget
+
+
+def _button(text, cls, tooltip, style=""):
+    b = widgets.Button(description=text, tooltip=tooltip, button_style=style,
+                       layout=widgets.Layout(width="auto", height="28px", margin="0 4px 0 0",
+                                             flex="0 0 auto"))
+    b.add_class(cls)
+    return b
+
+
+def _esc(text):
+    return html.escape(str(text), quote=True)
+
+
+class InstanceRow(widgets.HBox):
+    """One instance: its numbers and its buttons (or the delete confirmation)."""
+
+    def __init__(self, panel, name):
+        self.panel = panel
+        self.name = name
+        self.cells = [_cell(width) for _, width in COLUMNS[:-1]]
+        self.cells[0].add_class("fd-name")
+        self.cells[2].add_class("fd-status")
+        self.b_default = _button("make default", "fd-make-default",
+                                 "A bare %%dockerrun runs in this instance")
+        self.b_restart = _button("restart", "fd-restart",
+                                 "New container with the same settings; state is lost")
+        self.b_reset = _button("reset", "fd-reset",
+                               "Fresh Python namespace in the same container")
+        self.b_delete = _button("delete", "fd-delete", "Remove the instance and its container",
+                                "danger")
+        self.ask = widgets.HTML(value="Delete <b>%s</b>? Its state is lost." % _esc(name),
+                                layout=widgets.Layout(margin="0 8px 0 0", flex="0 1 auto"))
+        self.ask.add_class("fd-confirm-text")
+        self.b_yes = _button("yes, delete", "fd-confirm-delete", "Delete it now", "danger")
+        self.b_no = _button("cancel", "fd-cancel-delete", "Keep it")
+        model = panel.model
+        self.b_default.on_click(panel.guard(lambda _: model.make_default(name)))
+        self.b_restart.on_click(panel.guard(lambda _: model.restart(name)))
+        self.b_reset.on_click(panel.guard(lambda _: model.reset(name)))
+        self.b_delete.on_click(panel.guard(lambda _: model.request_delete(name)))
+        self.b_yes.on_click(panel.guard(lambda _: model.confirm_delete()))
+        self.b_no.on_click(panel.guard(lambda _: model.cancel_delete()))
+        self.actions = widgets.HBox(layout=widgets.Layout(align_items="center", flex="1 1 auto",
+                                                          flex_flow="row wrap"))
+        self.actions.add_class("fd-actions")
+        super().__init__(self.cells + [self.actions],
+                         layout=widgets.Layout(align_items="center", padding="2px 0",
+                                               border_bottom="1px solid #e0e0e0"))
+        self.add_class("fd-row")
+
+    def show(self, row, default, confirming, busy):
+        name = _esc(row.name)
+        if default:
+            name = "<b>%s</b> <span class='fd-default' title='the default instance'>" \
+                   "&#9733; default</span>" % name
+        image = _esc(row.image or "-")
+        color = STATUS_COLORS.get(row.status, "#000")
+        title = _esc(row.note) if row.note else ""
+        status = "<span style='color:%s' title='%s'>&#9679; %s</span>" % (
+            color, title, _esc(row.status))
+        memory = "%s / %s" % (format_bytes(row.memory_used) if row.memory_used is not None
+                              else "-", format_bytes(row.memory_limit)
+                              if row.memory_limit else "no limit")
+        values = (name, "<span title='%s'>%s</span>" % (image, image), status,
+                  _esc(format_duration(row.uptime)), _esc(memory), _esc(format_cpu(row)))
+        for cell, value in zip(self.cells, values):
+            if cell.value != value:
+                cell.value = value
+        self.b_default.disabled = busy or default
+        for b in (self.b_restart, self.b_reset, self.b_delete, self.b_yes):
+            b.disabled = busy
+        wanted = ((self.ask, self.b_yes, self.b_no) if confirming else
+                  (self.b_default, self.b_restart, self.b_reset, self.b_delete))
+        if tuple(self.actions.children) != wanted:
+            self.actions.children = wanted
+
+    def close(self):
+        for w in self.cells + [self.b_default, self.b_restart, self.b_reset, self.b_delete,
+                               self.ask, self.b_yes, self.b_no, self.actions]:
+            w.close()
+        super().close()
+
+
+class InstancePanel(widgets.VBox):
+    """The panel: a table of instances, a create form, progress and messages."""
+
+    def __init__(self, model):
+        self.model = model
+        self.rows = {}  # name -> InstanceRow
+        # header
+        self.title = widgets.HTML("<b style='font-size:1.15em'>FiddleDock instances</b>",
+                                  layout=widgets.Layout(margin="0 16px 0 0"))
+        self.default_label = widgets.HTML()
+        self.default_label.add_class("fd-default-label")
+        self.updated = widgets.HTML(layout=widgets.Layout(margin="0 12px 0 0"))
+        self.updated.add_class("fd-updated")
+        self.b_refresh = _button("refresh", "fd-refresh", "Read the instances again now")
+        self.b_refresh.icon = "refresh"
+        self.live = widgets.Checkbox(description="live", indent=False,
+                                     tooltip="Refresh every few seconds while visible",
+                                     layout=widgets.Layout(width="70px"))
+        widgets.link((model, "live"), (self.live, "value"))
+        header = widgets.HBox([self.title, self.default_label,
+                               widgets.HBox(layout=widgets.Layout(flex="1")),
+                               self.updated, self.live, self.b_refresh],
+                              layout=widgets.Layout(align_items="center"))
+        # table
+        head = widgets.HBox([_cell(w, widgets.HTML("<b>%s</b>" % t)) for t, w in COLUMNS],
+                            layout=widgets.Layout(border_bottom="2px solid #bdbdbd"))
+        self.table = widgets.VBox()
+        self.table.add_class("fd-rows")
+        self.empty = widgets.HTML()
+        self.empty.add_class("fd-empty")
+        # create form
+        self.fields = {}
+        for f in FIELDS:
+            t = widgets.Text(description=LABELS[f], placeholder=self._placeholder(f),
+                             style={"description_width": "initial"},
+                             layout=widgets.Layout(width="auto", max_width="none"))
+            t.layout.width = FIELD_WIDTHS[f]
+            t.add_class("fd-field-" + f)
+            self.fields[f] = t
+        self.b_create = _button("create", "fd-create", "Create the instance", "primary")
+        self.b_create.icon = "plus"
+        self.b_create.on_click(self.guard(lambda _: model.create(
+            **{f: t.value for f, t in self.fields.items()})))
+        form = widgets.HBox([widgets.HTML("<b>New instance</b>")]
+                            + [self.fields[f] for f in FIELDS] + [self.b_create],
+                            layout=widgets.Layout(align_items="center", flex_flow="row wrap",
+                                                  margin="10px 0 0 0"))
+        self.field_errors = widgets.HTML()
+        self.field_errors.add_class("fd-field-errors")
+        self.activity = widgets.HTML()
+        self.activity.add_class("fd-activity")
+        self.message = widgets.HTML()
+        self.message.add_class("fd-message")
+        super().__init__([header, head, self.table, self.empty, form, self.field_errors,
+                          self.activity, self.message],
+                         layout=widgets.Layout(border="1px solid #bdbdbd", padding="8px 12px",
+                                               width="100%", max_width="1250px"))
+        self.add_class("fd-panel")
+        model.observe(self._draw_rows, ["statuses", "default_instance", "pending_delete",
+                                        "activity", "refreshed_at"])
+        model.observe(self._draw_status, ["activity", "message", "message_kind",
+                                          "field_errors", "refreshed_at", "refresh_error",
+                                          "default_instance"])
+        model.observe(self._clear_form, "last_created")
+        self.b_refresh.on_click(self.guard(lambda _: model.poke(force=True)))
+        # The frontend counts its views of this widget: live refresh while > 0.
+        self.observe(self._views_changed, "_view_count")
+        self._view_count = 0
+        self._draw_rows()
+        self._draw_status()
+
+    def _placeholder(self, field):
+        c = self.model.manager.config
+        defaults = {"image": c.image, "memory": c.memory, "disk": c.disk,
+                    "cpus": "%g" % c.cpus, "pids": str(c.pids)}
+        return defaults.get(field) or PLACEHOLDERS.get(field, "")
+
+    # --- clicks ------------------------------------------------------------------
+    def guard(self, fn):
+        """A click handler that shows errors in the panel instead of the log."""
+        def handler(button):
+            try:
+                fn(button)
+            except Exception as exc:
+                self.model._say(short_error(exc), "error")
+        return handler
+
+    def _views_changed(self, change):
+        self.model.set_visible(self, bool(change["new"]))
+
+    def close(self):
+        self.model.set_visible(self, False)
+        for name in ("_draw_rows", "_draw_status", "_clear_form"):
+            try:
+                self.model.unobserve(getattr(self, name))
+            except ValueError:
+                pass
+        super().close()
+
+    # --- drawing (any thread; the model serializes the calls) ---------------------
+    def _draw_rows(self, change=None):
+        m = self.model
+        busy = bool(m.activity)
+        wanted = []
+        for row in m.statuses:
+            r = self.rows.get(row.name)
+            if r is None:
+                r = self.rows[row.name] = InstanceRow(self, row.name)
+            r.show(row, row.name == m.default_instance, row.name == m.pending_delete, busy)
+            wanted.append(r)
+        for name in list(self.rows):
+            if name not in {r.name for r in wanted}:
+                self.rows.pop(name).close()
+        if tuple(self.table.children) != tuple(wanted):
+            self.table.children = wanted
+        if m.statuses:
+            empty = ""
+        elif m.refreshed_at:
+            empty = ("<i>No instances in this notebook yet: run a <code>%%dockerrun</code> "
+                     "cell or create one below.</i>")
+        else:
+            empty = "<i>Reading the instances...</i>"
+        if self.empty.value != empty:
+            self.empty.value = empty
+        self.b_create.disabled = busy
+
+    def _draw_status(self, change=None):
+        m = self.model
+        names = m.names()
+        default = _esc(m.default_instance)
+        if m.refreshed_at and m.default_instance not in names:
+            default += " <i>(not created yet)</i>"
+        self.default_label.value = "default instance: <b>%s</b>" % default
+        if m.refresh_error:
+            updated = "<span style='color:#c62828'>%s</span>" % _esc(m.refresh_error)
+        elif m.refreshed_at:
+            when = datetime.datetime.fromtimestamp(m.refreshed_at).strftime("%H:%M:%S")
+            updated = "<span style='color:#757575'>updated %s</span>" % when
+        else:
+            updated = ""
+        self.updated.value = updated
+        errors = m.field_errors
+        self.field_errors.value = "".join(
+            "<div style='color:#c62828'>%s: %s</div>" % (LABELS[f], _esc(errors[f]))
+            for f in FIELDS if f in errors)
+        for f, t in self.fields.items():
+            t.layout.border = "1px solid #c62828" if f in errors else None
+        self.activity.value = ("<span style='color:#1565c0'><i class='fa fa-spinner fa-spin'></i>"
+                               " %s</span>" % _esc(m.activity) if m.activity else "")
+        if m.message:
+            color = "#c62828" if m.message_kind == "error" else "#2e7d32"
+            mark = "&#10006;" if m.message_kind == "error" else "&#10004;"
+            self.message.value = "<span style='color:%s'>%s %s</span>" % (
+                color, mark, _esc(m.message))
+        else:
+            self.message.value = ""
+
+    def _clear_form(self, change):
+        """Once the instance the form asked for was created, empty the form."""
+        if change["new"] and self.fields["name"].value.strip() == change["new"]:
+            for t in self.fields.values():
+                t.value = ""
+
+
+def panel_for(manager, shell=None):
+    """The notebook's panel: one widget per notebook, shown again on each call."""
+    model = model_for(manager, shell)
+    panel = getattr(model, "_panel", None)
+    if panel is None or panel.comm is None:  # never made, or closed
+        panel = InstancePanel(model)
+        model._panel = panel
+    model.poke(force=True)
+    return panel
+
+
+def panel(shell=None):
+    """The instance panel of an IPython shell (default: the running one)."""
+    from IPython import get_ipython
+    from ._extension import manager_of
+    shell = shell or get_ipython()
+    manager = manager_of(shell) if shell is not None else None
+    if manager is None:
+        raise RuntimeError("load the extension first: %load_ext fiddledock_magic")
+    return panel_for(manager, shell)

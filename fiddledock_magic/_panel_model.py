@@ -1,0 +1,332 @@
+"""The instance panel's state: a traitlets model, one per notebook (manager).
+
+The ipywidgets view in ``_panel`` only links to this model; the model calls
+the instance layer. It is shared with the line magic: ``default_instance`` is
+linked to ``DockerRun.default_instance`` (so ``%dockerrun use`` and the
+panel's "make default" are the same setting), and the rows come from
+``InstanceManager.statuses()``, i.e. from the engine, so an instance created
+by ``%%dockerrun`` appears here and one deleted here is gone from
+``%dockerrun list``.
+
+Threads: the kernel runs widget callbacks on its main thread between cells,
+so anything slow (stats, create, restart, delete) runs on a background
+thread and only sets traits here. Every trait change goes through one lock,
+so the view's observers (which send widget updates over comms, which is
+thread-safe) never interleave. Nothing in a thread prints: outcomes and
+errors become ``message``; a traceback never reaches a log.
+"""
+
+import threading
+import time
+import weakref
+
+from traitlets import Bool, Dict, Enum, Float, HasTraits, List, Unicode, link
+
+from ._errors import FiddleDockError
+from ._spec import InstanceSpec, InvalidSetting, check_name, parse_size
+
+REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
+FIELDS = ("name", "image", "memory", "cpus", "pids", "disk")
+
+
+def short_error(exc):
+    """One line for the panel: the message of a FiddleDock error, else type and message."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    if isinstance(exc, FiddleDockError):
+        return first or type(exc).__name__
+    return "%s: %s" % (type(exc).__name__, first) if first else type(exc).__name__
+
+
+class PanelModel(HasTraits):
+    statuses = List(help="InstanceStatus rows, sorted by name, as of the last refresh.")
+    default_instance = Unicode(help="Linked to DockerRun.default_instance.")
+    activity = Unicode(help="The action running now and its latest progress; '' when none.")
+    message = Unicode(help="Outcome of the last action, or why it could not run.")
+    message_kind = Enum(["", "info", "error"], default_value="")
+    field_errors = Dict(help="Create form: field name -> what is wrong with its value.")
+    pending_delete = Unicode(help="Instance whose delete awaits confirmation.")
+    last_created = Unicode(help="The instance the create form made last.")
+    visible = Bool(False, help="A view is on screen: refresh every `interval` seconds.")
+    live = Bool(True, help="Refresh periodically while visible.")
+    interval = Float(REFRESH_INTERVAL)
+    refreshed_at = Float(0.0, help="time.time() of the last successful refresh; 0 = never.")
+    refresh_error = Unicode(help="Why the last refresh failed; '' if it worked.")
+
+    def __init__(self, manager, shell=None, **kwargs):
+        super().__init__(**kwargs)
+        self.manager = manager
+        self._lock = threading.RLock()          # every trait change
+        self._refresh_lock = threading.Lock()   # one statuses() call at a time
+        self._generation = 0                    # bumped by actions: stale refreshes are dropped
+        self._action = None                     # the running action's thread
+        self._viewers = set()
+        self._forced = False
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._link = link((manager.config, "default_instance"), (self, "default_instance"))
+        manager.config.observe(self._scope_changed, "scope")
+        self._thread = threading.Thread(target=_refresh_loop, args=(weakref.ref(self),),
+                                        name="fiddledock-panel-refresh", daemon=True)
+        self._thread.start()
+        self._shell = shell
+        self._hook = None
+        if shell is not None:
+            ref = weakref.ref(self)
+
+            def after_cell(*args):
+                model = ref()
+                if model is not None:
+                    model.poke()  # a cell may have created or deleted an instance
+            self._hook = after_cell
+            shell.events.register("post_run_cell", after_cell)
+
+    # --- state changes (any thread) ------------------------------------------------
+    def _set(self, **traits):
+        with self._lock:
+            with self.hold_trait_notifications():
+                for name, value in traits.items():
+                    setattr(self, name, value)
+
+    def _say(self, text, kind="info"):
+        self._set(message=text, message_kind=kind)
+
+    def set_visible(self, viewer, on):
+        """A view reports whether it is on screen; the first one starts live refresh."""
+        with self._lock:
+            if on:
+                self._viewers.add(viewer)
+            else:
+                self._viewers.discard(viewer)
+            was, self.visible = self.visible, bool(self._viewers)
+        if self.visible and not was:
+            self.poke(force=True)
+
+    # --- refreshing ----------------------------------------------------------------
+    def refresh(self):
+        """Rows from the engine now (blocks about a second: stats are sampled)."""
+        with self._refresh_lock:
+            generation = self._generation
+            try:
+                rows = self.manager.statuses()
+            except Exception as exc:  # engine gone, etc.: say so in the panel
+                self._set(refresh_error="cannot list instances: %s" % short_error(exc))
+                return False
+            with self._lock:
+                if generation != self._generation:  # an action changed things meanwhile
+                    self.poke(force=True)
+                    return False
+                self._set(statuses=list(rows), refreshed_at=time.time(), refresh_error="")
+                if self.pending_delete and self.pending_delete not in self.names():
+                    self.pending_delete = ""
+        return True
+
+    def poke(self, force=False):
+        """Refresh soon on the background thread; only if visible unless ``force``."""
+        if force:
+            self._forced = True
+        if force or self.visible:
+            self._wake.set()
+
+    def names(self):
+        return [row.name for row in self.statuses]
+
+    def close(self):
+        """Stop the refresh thread and the cell hook (the model is not used again)."""
+        self._closed.set()
+        self._wake.set()
+        if self._hook is not None and self._shell is not None:
+            try:
+                self._shell.events.unregister("post_run_cell", self._hook)
+            except ValueError:
+                pass
+            self._hook = None
+        self._link.unlink()
+        self.manager.config.unobserve(self._scope_changed, "scope")
+
+    def _scope_changed(self, change):
+        """Another notebook's instances: forget the rows, read them again."""
+        with self._lock:
+            self._generation += 1
+            self._set(statuses=[], refreshed_at=0.0, pending_delete="")
+        self.poke(force=True)
+
+    # --- actions -----------------------------------------------------------------
+    def busy(self):
+        return self._action is not None and self._action.is_alive()
+
+    def wait(self, timeout=120):
+        """Until the running action (and its refresh) has finished; True if it has."""
+        thread = self._action
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _start(self, label, work, done):
+        """Run ``work(progress)`` on a thread; the outcome becomes the message.
+
+        One action at a time: the instance layer is not meant for two changes
+        of one notebook's instances at once, and a second click while the
+        first runs is almost always a double click.
+        """
+        with self._lock:
+            if self.busy():
+                self._say("wait until %s has finished" % self.activity.rstrip("."), "error")
+                return None
+            self._generation += 1
+            self._set(activity=label + "...", message="", message_kind="")
+            thread = threading.Thread(target=self._run, args=(label, work, done),
+                                      name="fiddledock-panel-action", daemon=True)
+            self._action = thread
+        thread.start()
+        return thread
+
+    def _run(self, label, work, done):
+        def progress(line):
+            self._set(activity="%s: %s" % (label, str(line).strip()[:200]))
+        try:
+            work(progress)
+        except Exception as exc:
+            outcome = ("%s failed: %s" % (label, short_error(exc)), "error")
+        else:
+            outcome = (done, "info")
+        with self._lock:
+            self._generation += 1
+        try:
+            self.refresh()
+        finally:  # the outcome shows together with the rows it produced
+            self._set(activity="", message=outcome[0], message_kind=outcome[1])
+
+    def validate_create(self, name="", image="", memory="", cpus="", pids="", disk=""):
+        """``(spec, errors)``: blank fields take the notebook's defaults (DockerRun)."""
+        c = self.manager.config
+        errors = {}
+        name = (name or "").strip()
+        if not name:
+            errors["name"] = "an instance needs a name"
+        else:
+            try:
+                check_name(name)
+            except InvalidSetting as exc:
+                errors["name"] = str(exc)
+            else:
+                if name in self.names():
+                    errors["name"] = "an instance named %r exists already" % name
+        values = {"image": (image or "").strip() or c.image,
+                  "memory": (memory or "").strip() or c.memory,
+                  "disk": (disk or "").strip() or c.disk}
+        cpus, pids = str(cpus or "").strip(), str(pids or "").strip()
+        try:
+            values["cpus"] = float(cpus) if cpus else c.cpus
+        except ValueError:
+            errors["cpus"] = "CPUs must be a number like 1 or 0.5, not %r" % cpus
+        try:
+            values["pids"] = int(pids) if pids else c.pids
+        except ValueError:
+            errors["pids"] = "pids must be a whole number like 256, not %r" % pids
+        for field in ("memory", "disk"):
+            try:
+                parse_size(values[field], field)
+            except InvalidSetting as exc:
+                errors[field] = str(exc)
+        if errors:
+            return None, errors
+        spec = InstanceSpec(image=values["image"], memory=values["memory"], cpus=values["cpus"],
+                            pids=values["pids"], disk=values["disk"], network=c.network,
+                            runtime=c.runtime, env=dict(c.env))
+        try:
+            spec.validate()
+        except InvalidSetting as exc:  # limits out of range: find the field it is about
+            text = str(exc)
+            field = next((f for f in FIELDS if text.lower().startswith(f)), "image")
+            errors[field] = text
+            return None, errors
+        return spec, {}
+
+    def create(self, name="", image="", memory="", cpus="", pids="", disk=""):
+        """Validate now (messages in ``field_errors``), then create on a thread."""
+        spec, errors = self.validate_create(name, image, memory, cpus, pids, disk)
+        self._set(field_errors=errors, last_created="")
+        if errors:
+            self._say("not created: fix %s (marked in red)"
+                      % ", ".join(f for f in FIELDS if f in errors), "error")
+            return None
+        name = name.strip()
+
+        def work(progress):
+            self.manager.create(name, spec, progress=progress)
+            self._set(last_created=name)
+        return self._start("creating %r" % name, work, "created instance %r" % name)
+
+    def restart(self, name):
+        return self._start("restarting %r" % name,
+                           lambda progress: self.manager.restart(name, progress=progress),
+                           "restarted %r: a new container, its state is lost" % name)
+
+    def reset(self, name):
+        return self._start("resetting %r" % name,
+                           lambda progress: self.manager.reset(name),
+                           "reset %r: a fresh namespace in the same container" % name)
+
+    def request_delete(self, name):
+        """First click on delete: ask for confirmation."""
+        self._set(pending_delete=name, message="", message_kind="")
+
+    def cancel_delete(self):
+        self._set(pending_delete="")
+
+    def confirm_delete(self):
+        name = self.pending_delete
+        self._set(pending_delete="")
+        if name:
+            return self.delete(name)
+        return None
+
+    def delete(self, name):
+        def work(progress):
+            self.manager.delete(name)
+            with self._lock:  # the row goes at once, not at the next refresh
+                self.statuses = [row for row in self.statuses if row.name != name]
+        return self._start("deleting %r" % name, work,
+                           "deleted instance %r and its container" % name)
+
+    def make_default(self, name):
+        """Instant: a bare %%dockerrun runs in ``name`` from now on."""
+        try:
+            check_name(name)
+        except InvalidSetting as exc:
+            self._say(str(exc), "error")
+            return
+        self._set(default_instance=name)  # the link sets DockerRun.default_instance
+        self._say("default instance is now %r: a bare %%%%dockerrun runs there" % name)
+
+
+def _refresh_loop(ref):
+    """The background refresher; holds the model only weakly so it can go away."""
+    while True:
+        model = ref()
+        if model is None or model._closed.is_set():
+            return
+        if model._forced or (model.visible and model.live):
+            model._forced = False
+            try:
+                model.refresh()
+            except Exception as exc:  # never a traceback from a thread
+                model._set(refresh_error="refresh failed: %s" % short_error(exc))
+        wake, interval = model._wake, max(0.5, model.interval)
+        model = None
+        wake.wait(interval)
+        wake.clear()
+
+
+_MODELS = weakref.WeakValueDictionary()  # id(manager) -> PanelModel
+
+
+def model_for(manager, shell=None):
+    """The notebook's one PanelModel (created on first use)."""
+    model = _MODELS.get(id(manager))
+    if model is None or model.manager is not manager or model._closed.is_set():
+        model = PanelModel(manager, shell=shell)
+        _MODELS[id(manager)] = model
+    return model

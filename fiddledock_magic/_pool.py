@@ -1,0 +1,326 @@
+"""The pool: containers started ahead of time, so a new instance is ready at once.
+
+``%dockerrun pool N`` (or ``%config DockerRun.pool_size = N``) keeps N
+containers with the current default settings created, started and with their
+agent booted, made by a background thread of the kernel. Creating an instance
+whose settings match takes one: the container is renamed to the instance's
+container name, the pool's open agent connection is handed over, and the
+thread refills the pool. ``pool 0`` drains it.
+
+How pool containers are recognised
+----------------------------------
+A pooled container is named ``fiddledock_pool-<scope8>-<random>``, a prefix no
+instance's container name (``fiddledock-<name>-<scope8>``) can have. The
+container's name is the source of truth: labels cannot change after creation,
+so a taken container keeps its pool labels (``fiddledock.pool`` = the creating
+kernel as ``host:pid``, ``fiddledock.pool_key`` = a hash of its settings) and
+an empty ``fiddledock.instance`` label. Whatever asks "which instance is this"
+reads the name (``_spec.instance_name``).
+
+A kernel takes only containers its own pool thread made (held in memory), so
+two kernels of one notebook never take the same one. Pool containers whose
+creating kernel is gone (same host) or that stopped are orphans: a starting
+pool and ``%dockerrun cleanup`` remove them. Wherever the kernel ran, an
+orphan also stops itself after ``idle_timeout`` like any instance: only a live
+pool thread keeps its containers in use (a ``hello`` now and then).
+
+The thread never writes to the notebook (output from a kernel thread would
+land in whatever cell runs); its errors are kept in ``errors`` and shown by
+``%dockerrun pool`` and ``%dockerrun list``.
+"""
+
+import atexit
+import collections
+import os
+import socket
+import threading
+import time
+
+from ._instance import connection_alive
+from ._spec import POOL_PREFIX, pool_container_name
+
+REFILL_DELAY = 0.5   # after a take, let the first cell run before the engine gets busy
+ERROR_BACKOFF = 10.0  # after a failure (image missing, engine down), wait before retrying
+LABEL_POOL = "fiddledock.pool"
+LABEL_KEY = "fiddledock.pool_key"
+
+
+def _creator():
+    return "%s:%d" % (socket.gethostname(), os.getpid())
+
+
+def orphaned(summary):
+    """Whether a pool container (list summary) is nobody's: stopped, or its kernel is gone."""
+    if summary.get("State") != "running":
+        return True
+    host, _, pid = ((summary.get("Labels") or {}).get(LABEL_POOL) or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's kernel: its containers idle-stop by themselves
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class _Entry:
+    def __init__(self, inst, key):
+        self.inst = inst
+        self.key = key
+        self.last_used = time.monotonic()
+
+
+class Pool:
+    """N booted containers with the default settings, kept by a thread."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.size = 0
+        self.errors = collections.deque(maxlen=5)  # (time.time(), text)
+        self._error_count = 0
+        self._ready = []  # _Entry, oldest first
+        self._filling = 0  # containers being made right now
+        self._asked = 0  # resize requests so far ...
+        self._done = 0   # ... and how many of them the thread has fully carried out
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._settled = threading.Condition(self._lock)
+        self._closed = False
+        self._thread = None
+        self._refill_at = 0.0
+        self._engine = None
+        self._atexit = False
+
+    # --- what the kernel's main thread calls --------------------------------
+    def resize(self, n, wait=False, timeout=120.0):
+        """Keep ``n`` containers ready; ``wait`` blocks until the pool has that many."""
+        n = int(n)
+        if n < 0:
+            raise ValueError("the pool size must be 0 or more")
+        with self._lock:
+            self.size = n
+            running = self._thread is not None and self._thread.is_alive()
+            if running or n:  # a round of the thread will carry it out
+                self._asked += 1
+            if n and not running:
+                self._closed = False
+                self._thread = threading.Thread(target=self._run, name="fiddledock-pool",
+                                                daemon=True)
+                self._thread.start()
+                if not self._atexit:  # a kernel that exits normally leaves no pool behind
+                    atexit.register(self.close)
+                    self._atexit = True
+        self._wake.set()
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout=120.0):
+        """Until the pool holds its size (or a fill error happened); True if it does."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            errors = self._error_count
+            while len(self._ready) != self.size or self._filling or self._done < self._asked:
+                if self._error_count != errors:
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0 or self._thread is None:
+                    return len(self._ready) == self.size
+                self._settled.wait(min(left, 0.5))
+        return True
+
+    def ready_count(self):
+        with self._lock:
+            return len(self._ready)
+
+    def container_ids(self):
+        with self._lock:
+            return [e.inst.container_id for e in self._ready]
+
+    def take(self, key, name, cname):
+        """A booted instance for settings ``key``, renamed to ``cname``; or None."""
+        with self._lock:
+            for i, entry in enumerate(self._ready):
+                if entry.key == key:
+                    del self._ready[i]
+                    break
+            else:
+                return None
+            self._refill_at = time.monotonic() + REFILL_DELAY
+        self._wake.set()
+        inst = entry.inst
+        inst._engine = None  # from now on the kernel's engine, not the pool thread's
+        try:
+            if not connection_alive(inst.connection):
+                raise OSError("its agent is gone")
+            self.manager.engine.rename(inst.container_id, cname)
+        except Exception as exc:  # gone meanwhile, or the name is taken: make one the slow way
+            self._note("a pool container could not be taken (%s)" % _short(exc))
+            inst.disconnect()
+            self._remove(self.manager.engine, inst.container_id)
+            return None
+        inst.name = name
+        return inst
+
+    def close(self):
+        """Stop the thread and remove the containers still in the pool."""
+        with self._lock:
+            self._closed = True
+            self.size = 0
+            thread = self._thread
+            self._thread = None
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        with self._lock:
+            entries, self._ready = self._ready, []
+        for entry in entries:
+            entry.inst.disconnect()
+            self._remove(self.manager.engine, entry.inst.container_id)
+
+    def describe(self):
+        """One line or a few for `pool` and `list`."""
+        with self._lock:
+            text = "pool: %d ready of %d" % (len(self._ready), self.size)
+            if self._filling:
+                text += " (%d starting)" % self._filling
+            for when, error in self.errors:
+                text += "\n  pool error at %s: %s" % (time.strftime("%H:%M:%S",
+                                                                    time.localtime(when)), error)
+        return text
+
+    # --- the thread --------------------------------------------------------------
+    def _run(self):
+        engine = self.manager.engine.clone()
+        self._engine = engine
+        try:
+            self._remove_orphans(engine)
+        except Exception as exc:
+            self._note("looking for orphaned pool containers failed: %s" % _short(exc))
+        while True:
+            self._wake.clear()  # a wake-up during this round makes another round
+            with self._lock:
+                asked = self._asked
+            pause = self._keepalive_interval()
+            try:
+                self._reconcile(engine)
+            except Exception as exc:
+                self._note(_short(exc))
+                pause = ERROR_BACKOFF
+            with self._lock:
+                self._done = asked
+                self._settled.notify_all()
+                if self._closed or (self.size == 0 and not self._ready):
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    self._done = self._asked
+                    return
+            self._wake.wait(pause)
+
+    def _keepalive_interval(self):
+        idle = float(self.manager.config.idle_timeout or 3600)
+        return min(300.0, max(0.5, idle / 3))
+
+    def _reconcile(self, engine):
+        spec = self.manager.default_spec()
+        key = self.manager.pool_key(spec)
+        # Stale (other settings), dead, or more than wanted: removed.
+        with self._lock:
+            keep = [e for e in self._ready if e.key == key]
+            drop = [e for e in self._ready if e.key != key]
+            drop += keep[self.size:]
+            self._ready = keep[:self.size]
+        for entry in drop:
+            entry.inst.disconnect()
+            self._remove(engine, entry.inst.container_id)
+        self._keep_alive(engine)
+        delay = self._refill_at - time.monotonic()
+        if delay > 0 and self.ready_count() < self.size:
+            time.sleep(delay)
+        while True:
+            with self._lock:
+                if self._closed or len(self._ready) >= self.size:
+                    return
+                self._filling += 1
+            entry = None
+            try:
+                entry = self._make(engine, spec, key)
+            finally:
+                with self._lock:
+                    self._filling -= 1
+                    wanted = (entry is not None and not self._closed
+                              and len(self._ready) < self.size
+                              and key == self.manager.pool_key(self.manager.default_spec()))
+                    if wanted:
+                        self._ready.append(entry)
+                    self._settled.notify_all()
+            if entry is not None and not wanted:
+                entry.inst.disconnect()
+                self._remove(engine, entry.inst.container_id)
+                return
+
+    def _make(self, engine, spec, key):
+        spec.validate()
+        self.manager.check_runtime(spec.runtime, engine)
+        if not engine.image_exists(spec.image):
+            raise RuntimeError("image %r not found on the Docker engine; the pool cannot fill"
+                               % spec.image)
+        labels = self.manager.labels(None)
+        labels[LABEL_POOL] = _creator()
+        labels[LABEL_KEY] = key
+        cname = pool_container_name(self.manager.scope)
+        inst = self.manager.start_container(cname, None, spec, labels, engine=engine)
+        return _Entry(inst, key)
+
+    def _keep_alive(self, engine):
+        """A hello to each container not used for a while, so it does not idle-stop."""
+        interval = self._keepalive_interval()
+        now = time.monotonic()
+        with self._lock:
+            due = [e for e in self._ready if now - e.last_used >= interval]
+            for e in due:
+                self._ready.remove(e)
+        alive = []
+        for entry in due:
+            try:
+                entry.inst.connection.send({"type": "hello"})
+                deadline = time.monotonic() + 5.0
+                while True:
+                    frame = entry.inst.connection.recv(timeout=max(0.0, deadline - time.monotonic()))
+                    if frame is None:
+                        raise OSError("no answer")
+                    if frame[0].get("type") == "ready":
+                        break
+                entry.last_used = time.monotonic()
+                alive.append(entry)
+            except Exception:
+                entry.inst.disconnect()
+                self._remove(engine, entry.inst.container_id)
+        with self._lock:
+            self._ready.extend(alive)
+
+    def _remove_orphans(self, engine):
+        from ._spec import scope_id
+        rows = engine.list({"fiddledock.scope": scope_id(self.manager.scope)})
+        for row in rows:
+            cname = (row.get("Names") or [""])[0].lstrip("/")
+            if cname.startswith(POOL_PREFIX) and orphaned(row):
+                self._remove(engine, row["Id"])
+
+    def _remove(self, engine, container_id):
+        try:
+            engine.remove(container_id)
+        except Exception as exc:
+            self._note("could not remove pool container %s: %s" % (container_id[:12], _short(exc)))
+
+    def _note(self, text):
+        with self._lock:
+            self.errors.append((time.time(), text))
+            self._error_count += 1
+            self._settled.notify_all()
+
+
+def _short(exc):
+    text = str(exc).strip().splitlines()
+    return (text[-1][:200] if text else type(exc).__name__)
