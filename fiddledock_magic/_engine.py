@@ -8,6 +8,7 @@ variables are honoured through ``docker.from_env``.
 
 import os
 import socket
+import struct
 import time
 import urllib.parse
 
@@ -202,6 +203,7 @@ class Engine:
             elif base.startswith("http://"):
                 url = urllib.parse.urlsplit(base)
                 sock = socket.create_connection((url.hostname, url.port or 2375))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 return None
         except OSError as exc:
@@ -232,39 +234,14 @@ class Engine:
         in an HTTP library's buffer (another client's output may already be
         flowing). Other transports go through docker-py.
         """
-        base = self.api.base_url
-        params = "stream=1&stdin=1&stdout=1&stderr=1"
-        path = "/v%s/containers/%s/attach?%s" % (self.api._version, container_id, params)
-        sock = None
-        try:
-            if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.connect(self._unix_path())
-            elif base.startswith("http://"):
-                url = urllib.parse.urlsplit(base)
-                sock = socket.create_connection((url.hostname, url.port or 2375))
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            else:
-                raw = self.call(self.api.attach_socket, container_id,
-                                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-                return getattr(raw, "_sock", raw), raw
-        except OSError as exc:
-            raise _engine_error(exc) from None
-        request = ("POST %s HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n"
-                   "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n" % path)
-        sock.sendall(request.encode("ascii"))
-        head = bytearray()
-        while not head.endswith(b"\r\n\r\n"):
-            byte = sock.recv(1)
-            if not byte:
-                sock.close()
-                raise EngineUnavailable("the engine closed the attach request")
-            head += byte
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        if " 101 " not in status and " 200 " not in status:
-            sock.close()
-            raise FiddleDockError("attach refused by the engine: %s" % status)
-        return sock, None
+        path = "/v%s/containers/%s/attach?stream=1&stdin=1&stdout=1&stderr=1" % (
+            self.api._version, container_id)
+        sock = self._raw_upgrade(path, b"")
+        if sock is not None:
+            return sock, None
+        raw = self.call(self.api.attach_socket, container_id,
+                        params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        return getattr(raw, "_sock", raw), raw
 
     def _unix_path(self):
         adapter = self.api.get_adapter(self.api.base_url)
@@ -272,3 +249,43 @@ class Engine:
         if not path:
             raise EngineUnavailable("cannot tell the engine's unix socket path")
         return path
+
+
+class StreamDemux:
+    """Docker's multiplexed stream (attach or exec without a TTY) taken apart.
+
+    Each chunk comes behind an 8-byte header: stream (1 stdout, 2 stderr)
+    and length.
+    """
+
+    HEADER = struct.Struct(">BxxxL")
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        """``[(stream, bytes), ...]`` for every whole chunk received so far."""
+        buf = self._buf
+        buf += data
+        out = []
+        pos = 0
+        size_of_header = self.HEADER.size
+        while len(buf) - pos >= size_of_header:
+            stream, size = self.HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - size_of_header < size:
+                break
+            out.append((stream, bytes(buf[pos + size_of_header:pos + size_of_header + size])))
+            pos += size_of_header + size
+        del buf[:pos]
+        return out
+
+
+def close_quietly(sock, keepalive=None):
+    """Close a raw socket and the docker-py response that may stand behind it."""
+    for thing in (sock, keepalive):
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception:  # closing must never fail a cell
+            pass

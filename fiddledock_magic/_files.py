@@ -30,17 +30,16 @@ import json
 import os
 import socket
 import stat
-import struct
 import tarfile
 import tempfile
 
+from ._engine import StreamDemux, close_quietly
 from ._errors import InstanceNotFound, TransferError, UnsafeArchive
 from ._spec import check_name, parse_size
 
 IO_TIMEOUT = 120.0  # seconds a transfer may stall before it is given up
 CHUNK = 1 << 16
 ENTRY_COST = 1024  # archive bytes counted per entry (header, pax header)
-_MUX = struct.Struct(">BxxxL")
 
 # Run in the container as: python3 -I -c HELPER get PATH LIMIT | put PATH LIMIT NAME
 HELPER = r'''
@@ -165,7 +164,7 @@ class _Exec:
             container_id, ["python3", "-I", "-c", HELPER] + [str(a) for a in args])
         self.sock.settimeout(IO_TIMEOUT)
         self.stderr = bytearray()
-        self._buf = bytearray()
+        self._demux = StreamDemux()
 
     def send(self, data):
         try:
@@ -193,19 +192,11 @@ class _Exec:
                 data = b""
             if not data:
                 return
-            self._buf += data
-            pos = 0
-            while len(self._buf) - pos >= _MUX.size:
-                kind, size = _MUX.unpack_from(self._buf, pos)
-                if len(self._buf) - pos - _MUX.size < size:
-                    break
-                chunk = bytes(self._buf[pos + _MUX.size:pos + _MUX.size + size])
-                pos += _MUX.size + size
+            for kind, chunk in self._demux.feed(data):
                 if kind == 1:
                     on_stdout(chunk)
                 elif kind == 2 and len(self.stderr) < 65536:
                     self.stderr += chunk
-            del self._buf[:pos]
 
     def exit_code(self):
         return self.engine.exec_exit_code(self.exec_id)
@@ -214,15 +205,7 @@ class _Exec:
         return bytes(self.stderr).decode("utf-8", "replace").strip()[-2000:]
 
     def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        if self._keepalive is not None:
-            try:
-                self._keepalive.close()
-            except Exception:
-                pass
+        close_quietly(self.sock, self._keepalive)
 
 
 def _running_container(manager, name):

@@ -3,7 +3,13 @@
 ``Instance`` is one container plus the connection to its agent; it runs
 cells and turns what the agent sends into calls on a ``CellHandler``.
 ``InstanceManager`` finds, creates, restarts and removes instances of one
-scope (a notebook). Both own Docker only through ``Engine``.
+scope (a notebook), reports their status (``statuses``, for `list` and the
+panel), cleans up, and owns the pool (``_pool.Pool``). Both reach Docker only
+through ``Engine``.
+
+An instance's identity is its container's name, ``fiddledock-<name>-<scope8>``
+(``_spec.container_name``): that is how a restarted kernel finds its
+containers again, and a pooled container becomes an instance by being renamed.
 """
 
 import concurrent.futures
@@ -156,7 +162,15 @@ class Instance:
         return self._engine or self.manager.engine
 
     def alive(self):
-        return connection_alive(self.connection)
+        with self.lock:
+            return connection_alive(self.connection)
+
+    def idle(self):
+        """True when no cell or probe of this kernel is using the connection."""
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            return True
+        return False
 
     # --- connecting -----------------------------------------------------------
     def connect(self, fresh=False):
@@ -329,6 +343,58 @@ class Instance:
             self.lock.release()
 
 
+class _Drainer:
+    """Reads this kernel's idle connections so that another client never stalls.
+
+    Docker copies a container's stdout to every attached client in turn: one
+    that does not read (this kernel between its cells) blocks, once its socket
+    buffer is full, the output of a cell another kernel runs in the same
+    instance -- and that cell's end. Frames that arrive between our cells are
+    not ours (or stale) and are dropped. A daemon thread that never writes.
+    """
+
+    INTERVAL = 0.5  # how soon a connection whose cell just ended is watched again
+
+    def __init__(self, manager):
+        self.manager = manager
+        self._stop = threading.Event()
+        self._thread = None
+
+    def ensure(self):
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="fiddledock-drain",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+
+    def _run(self):
+        while not self._stop.is_set():
+            watch = {}
+            for inst in list(self.manager.instances.values()):
+                conn = inst.connection
+                if conn is not None and not conn.closed and inst.idle():
+                    watch[conn.sock] = inst
+            if not watch:
+                self._stop.wait(self.INTERVAL)
+                continue
+            try:
+                readable, _, _ = select.select(list(watch), [], [], self.INTERVAL)
+            except (OSError, ValueError):  # a socket was closed meanwhile
+                self._stop.wait(0.05)
+                continue
+            for sock in readable:
+                inst = watch[sock]
+                if inst.lock.acquire(blocking=False):  # else a cell started: it reads
+                    try:
+                        if inst.connection is not None and inst.connection.sock is sock:
+                            connection_alive(inst.connection)
+                    finally:
+                        inst.lock.release()
+
+
 class InstanceManager:
     """The instances of one scope (a notebook), created with one config.
 
@@ -342,6 +408,7 @@ class InstanceManager:
         self.config = config
         self.engine = engine or Engine()
         self.instances = {}  # name -> Instance, connected in this kernel
+        self.drainer = _Drainer(self)
         self.pool = Pool(self)
         if config.pool_size:
             self.pool.resize(config.pool_size)
@@ -428,6 +495,7 @@ class InstanceManager:
         if text:
             notice(text)
         self.instances[name] = inst
+        self.drainer.ensure()
         return inst
 
     def create(self, name, spec, progress=lambda line: None, _absent=False):
@@ -442,12 +510,11 @@ class InstanceManager:
         if not _absent and self.engine.inspect(cname) is not None:
             raise InstanceConflict("instance %r already exists" % name)
         inst = self.pool.take(self.pool_key(spec), name, cname)
-        if inst is not None:
-            self.instances[name] = inst
-            return inst
-        self._ensure_image(spec.image, progress)
-        inst = self.start_container(cname, name, spec, self.labels(name))
+        if inst is None:
+            self._ensure_image(spec.image, progress)
+            inst = self.start_container(cname, name, spec, self.labels(name))
         self.instances[name] = inst
+        self.drainer.ensure()
         return inst
 
     def start_container(self, cname, name, spec, labels, engine=None):
@@ -627,6 +694,7 @@ class InstanceManager:
         self.instances.clear()
 
     def close(self):
+        self.drainer.stop()
         self.pool.close()
         self.disconnect_all()
 

@@ -17,7 +17,7 @@ import html
 import ipywidgets as widgets
 
 from ._panel_model import FIELDS, model_for, short_error
-from ._status import format_bytes, format_cpu, format_duration
+from ._status import format_cpu, format_duration, format_memory
 
 # name, image, status, uptime, memory, CPU, actions
 COLUMNS = (("name", "170px"), ("image", "180px"), ("status", "86px"), ("uptime", "74px"),
@@ -48,6 +48,19 @@ def _button(text, cls, tooltip, style=""):
 
 def _esc(text):
     return html.escape(str(text), quote=True)
+
+
+def _drawing(method):
+    """A view observer: a failure shows in the panel's message line, never in a log
+    (observers run on the model's threads, where a traceback would go to the log)."""
+    def draw(self, change=None):
+        try:
+            method(self, change)
+        except Exception as exc:
+            self.message.value = "<span style='color:#c62828'>&#10006; panel error: %s</span>" \
+                                 % _esc(short_error(exc))
+    draw.__name__ = method.__name__
+    return draw
 
 
 class InstanceRow(widgets.HBox):
@@ -97,11 +110,9 @@ class InstanceRow(widgets.HBox):
         title = _esc(row.note) if row.note else ""
         status = "<span style='color:%s' title='%s'>&#9679; %s</span>" % (
             color, title, _esc(row.status))
-        memory = "%s / %s" % (format_bytes(row.memory_used) if row.memory_used is not None
-                              else "-", format_bytes(row.memory_limit)
-                              if row.memory_limit else "no limit")
         values = (name, "<span title='%s'>%s</span>" % (image, image), status,
-                  _esc(format_duration(row.uptime)), _esc(memory), _esc(format_cpu(row)))
+                  _esc(format_duration(row.uptime)), _esc(format_memory(row)),
+                  _esc(format_cpu(row)))
         for cell, value in zip(self.cells, values):
             if cell.value != value:
                 cell.value = value
@@ -220,6 +231,7 @@ class InstancePanel(widgets.VBox):
         super().close()
 
     # --- drawing (any thread; the model serializes the calls) ---------------------
+    @_drawing
     def _draw_rows(self, change=None):
         m = self.model
         busy = bool(m.activity)
@@ -246,6 +258,7 @@ class InstancePanel(widgets.VBox):
             self.empty.value = empty
         self.b_create.disabled = busy
 
+    @_drawing
     def _draw_status(self, change=None):
         m = self.model
         names = m.names()
@@ -277,6 +290,7 @@ class InstancePanel(widgets.VBox):
         else:
             self.message.value = ""
 
+    @_drawing
     def _clear_form(self, change):
         """Once the instance the form asked for was created, empty the form."""
         if change["new"] and self.fields["name"].value.strip() == change["new"]:

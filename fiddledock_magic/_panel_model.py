@@ -195,8 +195,13 @@ class PanelModel(HasTraits):
             self._generation += 1
         try:
             self.refresh()
-        finally:  # the outcome shows together with the rows it produced
+        except Exception as exc:  # e.g. a view that failed to draw: say so, don't raise
+            outcome = (outcome[0] + "; the panel could not be refreshed: %s"
+                       % short_error(exc), "error")
+        try:  # the outcome shows together with the rows it produced
             self._set(activity="", message=outcome[0], message_kind=outcome[1])
+        except Exception:
+            pass  # only a view can fail here, and it shows its own error
 
     def validate_create(self, name="", image="", memory="", cpus="", pids="", disk=""):
         """``(spec, errors)``: blank fields take the notebook's defaults (DockerRun)."""

@@ -100,6 +100,8 @@ class Pool:
         if n < 0:
             raise ValueError("the pool size must be 0 or more")
         with self._lock:
+            if n != self.size:
+                self.errors.clear()  # a new request: old errors would only confuse
             self.size = n
             running = self._thread is not None and self._thread.is_alive()
             if running or n:  # a round of the thread will carry it out

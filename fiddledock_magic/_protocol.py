@@ -7,16 +7,15 @@ Docker's stream multiplexing apart and waiting for frames with a deadline.
 
 import select
 import socket
-import struct
 import uuid
 
 from fiddledock_agent.protocol import VERSION, FrameReader, ProtocolError, encode
 
+from ._engine import StreamDemux, close_quietly
 from ._errors import AgentError
 
 __all__ = ["AgentConnection", "VERSION", "ProtocolError"]
 
-_DOCKER_HEADER = struct.Struct(">BxxxL")
 STDOUT, STDERR = 1, 2
 _STDERR_KEEP = 8192
 
@@ -37,7 +36,7 @@ class AgentConnection:
     def __init__(self, sock, keepalive=None):
         self.sock = sock
         self.client_id = uuid.uuid4().hex[:12]
-        self._mux = bytearray()
+        self._mux = StreamDemux()
         self._frames = FrameReader()
         self._ready = []
         self._keepalive = keepalive  # the docker-py response object behind sock
@@ -83,21 +82,12 @@ class AgentConnection:
             self._demux(data)
 
     def _demux(self, data):
-        mux = self._mux
-        mux += data
-        pos = 0
-        while len(mux) - pos >= 8:
-            stream, size = _DOCKER_HEADER.unpack_from(mux, pos)
-            if len(mux) - pos - 8 < size:
-                break
-            chunk = bytes(mux[pos + 8:pos + 8 + size])
-            pos += 8 + size
+        for stream, chunk in self._mux.feed(data):
             if stream == STDOUT:
                 self._frames.feed(chunk)
             elif stream == STDERR:
                 self.agent_stderr += chunk
                 del self.agent_stderr[:-_STDERR_KEEP]
-        del mux[:pos]
         try:
             self._ready.extend(self._frames.frames())
         except ProtocolError as exc:
@@ -106,12 +96,4 @@ class AgentConnection:
 
     def close(self):
         self.closed = True
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        if self._keepalive is not None:
-            try:
-                self._keepalive.close()
-            except Exception:
-                pass
+        close_quietly(self.sock, self._keepalive)

@@ -208,7 +208,9 @@ class InstanceSpec:
             "memswap_limit": memory,
             "nano_cpus": int(self.cpus * 1e9),
             "pids_limit": self.pids,
-            "init": True,
+            # docker-init reaps zombies under runc; under this gVisor it made the
+            # sandbox die at random (exit 2), and the agent reaps as PID 1 itself.
+            "init": self.runtime == "runc",
             "log_config": {"type": "none", "config": {}},
             "ipc_mode": "private",
         }

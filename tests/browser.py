@@ -9,7 +9,15 @@ registered for every test by tests/conftest.py:
 - ``lab_server`` (session): the running server; ``lab_server.root`` is its
   notebook folder, ``lab_server.notebook(name, cells)`` writes a notebook.
 - ``chromium`` (session): a Playwright Browser on Debian's /usr/bin/chromium.
-- ``lab_page``: a fresh page (own browser context) for one test.
+- ``lab_page``: a fresh page (own browser context) for one test; afterwards
+  the kernels it started are shut down.
+
+Typical use::
+
+    lab_server.notebook("t.ipynb", ["print('hi')"])
+    nb = Notebook(lab_page, lab_server, "t.ipynb").open()  # kernel idle
+    nb.run(0)                                               # until "[1]"
+    expect(nb.output(0)).to_contain_text("hi")
 
 Everything waits explicitly with bounded timeouts; nothing sleeps blindly.
 Under CI=true a missing browser, Playwright or JupyterLab is a failure, not a
@@ -26,6 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -91,8 +100,23 @@ class LabServer:
     def url(self):
         return "http://127.0.0.1:%d" % self.port
 
-    def lab_url(self, notebook):
-        return "%s/lab/tree/%s?token=%s" % (self.url, notebook, self.token)
+    def lab_url(self, notebook, workspace=None):
+        """The notebook in JupyterLab; a new ``workspace`` name restores no other tabs."""
+        where = "lab/workspaces/%s" % workspace if workspace else "lab"
+        return "%s/%s/tree/%s?token=%s" % (self.url, where, notebook, self.token)
+
+    def api(self, method, path):
+        """A call to the server's REST API; the decoded JSON answer (None if empty)."""
+        request = urllib.request.Request("%s/api/%s" % (self.url, path), method=method,
+                                         headers={"Authorization": "token " + self.token})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def stop_kernels(self):
+        """End every notebook session and its kernel (between tests)."""
+        for session in self.api("GET", "sessions"):
+            self.api("DELETE", "sessions/%s" % session["id"])
 
     def notebook(self, name, cells):
         """Write a notebook into the server's root; returns its path."""
@@ -174,7 +198,9 @@ class Notebook:
         """Load JupyterLab on the notebook; wait for its kernel. The left
         sidebar (file browser) is collapsed unless ``sidebar``."""
         page = self.page
-        page.goto(self.server.lab_url(self.name), timeout=PAGE_TIMEOUT)
+        # A workspace of its own: tabs a previous test left open are not restored.
+        workspace = "test-%s" % uuid.uuid4().hex[:8]
+        page.goto(self.server.lab_url(self.name, workspace), timeout=PAGE_TIMEOUT)
         page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=PAGE_TIMEOUT)
         if not sidebar:
             current = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
@@ -264,8 +290,11 @@ def chromium():
 
 
 @pytest.fixture
-def lab_page(chromium, tmp_path):
-    """A new page in its own context; a screenshot of it is kept if the test fails."""
+def lab_page(chromium, lab_server, tmp_path):
+    """A new page in its own context; its last state is kept as tmp_path/last-page.png.
+
+    Afterwards the kernels it started are shut down, so tests do not pile them up.
+    """
     context = chromium.new_context(viewport=VIEWPORT)
     context.set_default_timeout(30_000)
     page = context.new_page()
@@ -275,3 +304,4 @@ def lab_page(chromium, tmp_path):
     except Exception:
         pass  # the page may already be gone
     context.close()
+    lab_server.stop_kernels()

@@ -1,12 +1,10 @@
 """%%dockerrun against a real engine: what a user sees beneath a cell."""
 
-import os
 import time
 
 import pytest
 from IPython.core.error import UsageError
 
-from conftest import stream_text
 from fiddledock_magic import CellError
 
 

@@ -147,10 +147,12 @@ def test_setsid_daemon_does_not_block_cells_and_dies_with_a_kill(run, unique_nam
     ("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", "the cell was killed by SIGKILL"),
     ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)", "the cell was killed by SIGSEGV"),
 ])
-def test_worker_death_is_explained_and_the_next_cell_is_fresh(run, unique_name, code, reason):
+def test_worker_death_is_explained_and_the_next_cell_is_fresh(run, unique_name, code, reason,
+                                                             capsys):
     run("x = 1", unique_name)
     with took(3.0), pytest.raises(CellKilled) as info:
-        run("print('last words')\n" + code, unique_name)
+        run("print('last words', flush=True)\n" + code, unique_name, "--timeout 20")
+    assert capsys.readouterr().out == "last words\n"  # what it printed before it died
     assert not isinstance(info.value, CellTimeout)
     assert reason in str(info.value) and "namespace was lost" in str(info.value)
     _, out, err = run("print('x' in globals())", unique_name)
@@ -159,29 +161,33 @@ def test_worker_death_is_explained_and_the_next_cell_is_fresh(run, unique_name, 
 
 
 def test_worker_exit_is_seen_while_a_forked_child_holds_its_channel(run, unique_name):
-    # The child keeps the worker's socket open, so no EOF: SIGCHLD must tell.
+    # The child keeps the worker's socket open, so no EOF: SIGCHLD must tell
+    # (else the 20 s limit would end it, with another message).
     code = ("import os, time\nif os.fork() == 0:\n    time.sleep(30)\n    os._exit(0)\n"
             "os._exit(5)")
     with took(3.0), pytest.raises(CellKilled) as info:
-        run(code, unique_name)
+        run(code, unique_name, "--timeout 20")
     assert "exited with status 5" in str(info.value)
     assert run("print('ok')", unique_name)[1].endswith("ok\n")
 
 
 def test_forked_child_output_is_shown_and_it_never_runs_the_next_cell(run, unique_name):
-    code = ("import os\npid = os.fork()\nprint('child' if pid == 0 else 'parent', flush=True)\n"
+    run("import os\nworker = os.getpid()", unique_name)
+    # The child does not wait: it reaches the end of the cell's code first.
+    code = ("pid = os.fork()\nprint('child' if pid == 0 else 'parent', flush=True)\n"
             "if pid:\n    os.waitpid(pid, 0)")
     _, out, _ = run(code, unique_name)
     assert sorted(out.split()) == ["child", "parent"]
-    for i in range(5):  # a child that came back into the worker would steal one of these
-        assert run("print(%d)" % i, unique_name)[1] == "%d\n" % i
+    for i in range(5):  # a child that came back into the worker would run some of these
+        assert run("print(os.getpid() == worker, %d)" % i, unique_name)[1] == "True %d\n" % i
 
 
 def test_memory_bomb_is_killed_with_a_reason(run, create, unique_name):
     create(unique_name, "--memory 64m")
     run("x = 1", unique_name)
     with took(20.0), pytest.raises(CellKilled) as info:
-        run("hog = []\nwhile True:\n    hog.append(bytearray(4 << 20))", unique_name)
+        run("hog = []\nwhile True:\n    hog.append(bytearray(4 << 20))", unique_name,
+            "--timeout 20")
     assert "killed: out of memory (limit 64 MiB)" in str(info.value)
     _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n" and "fresh worker" in err
@@ -219,7 +225,7 @@ def test_fork_bomb_reports_the_process_limit(run, create, unique_name, capsys):
     code = ("import os, time\nkids = 0\nwhile True:\n    pid = os.fork()\n"
             "    if pid == 0:\n        time.sleep(3)\n        os._exit(0)\n    kids += 1")
     with pytest.raises(CellError) as info:
-        run(code, unique_name)
+        run(code, unique_name, "--timeout 20")
     assert type(info.value).__name__ == "BlockingIOError"
     err = capsys.readouterr().err
     assert "hit the process limit (32)" in err
@@ -286,7 +292,8 @@ def test_filling_the_disk_gives_enospc_inside_only(run, create, unique_name, doc
     rows = docker_client.api.containers(all=True, size=True,
                                         filters={"name": container_name(unique_name, scope)})
     assert len(rows) == 1
-    assert rows[0].get("SizeRw", 0) < MiB  # (omitted when 0) nothing landed in the container's layer on the host disk
+    # Nothing landed in the container's layer on the host's disk (SizeRw is omitted when 0).
+    assert rows[0].get("SizeRw", 0) < MiB
     _, out, _ = run("import os\nos.remove(%r + '/fill')\nopen(%r + '/small', 'w').write('ok')\n"
                     "print(open(%r + '/small').read())" % (folder, folder, folder), unique_name)
     assert out == "ok\n"

@@ -302,3 +302,25 @@ def test_runsc_instance_runs_under_gvisor(shell, scoped, line, run, docker_clien
     assert out == "4.4.0\n"  # gVisor's kernel, not the host's
     _, out, _ = run("print(x * 2)", "gv")
     assert out == "10\n"
+
+
+# --- configuration ----------------------------------------------------------------------
+
+def test_config_refuses_bad_values_and_new_instances_use_good_ones(shell, scoped, run,
+                                                                   docker_client, caplog):
+    config = manager_of(shell).config
+    for setting in ("memory = 'lots'", "cpus = -1", "runtime = 'kata'", "pool_size = -1",
+                    "network = 'host'", "idle_timeout = 0"):
+        shell.run_line_magic("config", "DockerRun." + setting)
+    said = [r.getMessage() for r in caplog.records]  # what %config shows the user
+    assert "memory must be a size like 512m or 1g, not 'lots'" in said
+    assert "runtime must be one of runc, runsc, not 'kata'" in said
+    assert "pool_size must be 0 or more, not -1" in said
+    assert (config.memory, config.cpus, config.runtime, config.pool_size, config.network,
+            config.idle_timeout) == ("512m", 1.0, "runc", 0, "none", 3600.0)
+    shell.run_line_magic("config", "DockerRun.memory = '384m'")
+    try:
+        run("pass", "conf")
+        assert inspect(docker_client, "conf", scoped)["HostConfig"]["Memory"] == 384 * MiB
+    finally:
+        shell.run_line_magic("config", "DockerRun.memory = '512m'")

@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 
-import docker
 import pytest
 
 from conftest import Kernel, _remove_scope, stream_text
@@ -168,6 +167,37 @@ def test_a_busy_instance_refuses_another_kernels_cell(kernels):
     reply, msgs = b.execute("%%dockerrun shared\nprint(x)")
     ok(reply)
     assert stream_text(msgs) == "from a\n"
+
+
+def test_an_idle_second_client_never_stalls_a_cell(docker_client, default_image):
+    """Docker copies output to every attached client: one that does not read must
+    not hold up a cell another kernel runs (each kernel drains its idle connections)."""
+    from fiddledock_magic._config import DockerRun
+    from fiddledock_magic._instance import CellHandler, InstanceManager
+
+    class Count(CellHandler):
+        size = 0
+
+        def stream(self, name, data):
+            self.size += len(data)
+
+    scope = new_scope()
+    runner, bystander = (InstanceManager(DockerRun(scope=scope)) for _ in range(2))
+    try:
+        inst = runner.get("shared")
+        bystander.get("shared")  # attached, then idle: its kernel runs nothing
+        out, result = Count(), {}
+        code = "import sys\nfor i in range(30):\n    sys.stdout.write('x' * 99999 + '\\n')"
+        cell = threading.Thread(target=lambda: result.update(done=inst.execute(code, out)),
+                                daemon=True)
+        cell.start()
+        cell.join(30)  # a stalled stream would never end (not even by a timeout)
+        assert "done" in result, "the cell stalled after %d bytes" % out.size
+        assert result["done"]["status"] == "ok" and out.size == 3_000_000
+    finally:
+        runner.close()
+        bystander.close()
+        _remove_scope(docker_client, scope)
 
 
 def test_list_in_a_notebook_is_an_html_table_with_a_text_fallback(kernels):

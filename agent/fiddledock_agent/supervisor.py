@@ -43,14 +43,33 @@ DEFAULTS = {
 }
 
 
+_cgroup_fds = {}
+
+
 def _cgroup_read(*paths):
-    for path in paths:
-        try:
-            with open(path) as f:
-                return f.read()
-        except OSError:
-            continue
-    return ""
+    """The text of the first of paths that exists.
+
+    Counters are read at every cell's start and end: the file stays open and
+    is re-read with pread (one syscall, where open/read/close cost ~100 us
+    under gVisor).
+    """
+    fd = _cgroup_fds.get(paths)
+    if fd is None:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                break
+            except OSError:
+                continue
+        else:
+            fd = -1
+        _cgroup_fds[paths] = fd
+    if fd < 0:
+        return ""
+    try:
+        return os.pread(fd, 65536, 0).decode("ascii", "replace")
+    except OSError:
+        return ""
 
 
 def _cgroup_counter(key, *paths):

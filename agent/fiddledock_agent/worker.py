@@ -15,7 +15,6 @@ import json
 import linecache
 import os
 import signal
-import socket
 import sys
 import threading
 import time
