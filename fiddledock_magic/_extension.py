@@ -1,7 +1,7 @@
 """Loading the extension into an IPython shell (idempotent)."""
 
 from ._config import DockerRun
-from ._instance import InstanceManager
+from ._manager import InstanceManager
 from ._magics import DockerRunMagics
 
 _STATE = "_fiddledock_state"

@@ -175,3 +175,12 @@ def test_error_fails_the_kernel_cell_with_the_container_exception(kernel):
     assert reply["ename"] == "KeyError"
     tb = "\n".join(reply["traceback"])
     assert "KeyError: 'missing'" in tb and "_instance.py" not in tb
+
+
+def test_interrupted_traceback_shows_only_the_cells_frames(run, unique_name):
+    from fiddledock_magic import CellTimeout
+    with pytest.raises(CellTimeout) as info:
+        run("import time\nwhile True:\n    time.sleep(0.01)", unique_name, "--timeout 1")
+    text = "\n".join(info.value._render_traceback_())
+    assert "KeyboardInterrupt" in text and "time.sleep(0.01)" in text
+    assert "fiddledock_agent" not in text

@@ -173,7 +173,8 @@ def test_an_idle_second_client_never_stalls_a_cell(docker_client, default_image)
     """Docker copies output to every attached client: one that does not read must
     not hold up a cell another kernel runs (each kernel drains its idle connections)."""
     from fiddledock_magic._config import DockerRun
-    from fiddledock_magic._instance import CellHandler, InstanceManager
+    from fiddledock_magic._instance import CellHandler
+    from fiddledock_magic._manager import InstanceManager
 
     class Count(CellHandler):
         size = 0

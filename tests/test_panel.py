@@ -15,7 +15,7 @@ from IPython.core.error import UsageError
 
 from fiddledock_magic._engine import Engine
 from fiddledock_magic._extension import manager_of
-from fiddledock_magic._instance import InstanceManager
+from fiddledock_magic._manager import InstanceManager
 from fiddledock_magic._panel import InstancePanel
 from fiddledock_magic._panel_model import PanelModel, model_for
 from fiddledock_magic._spec import container_name

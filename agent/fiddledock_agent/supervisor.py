@@ -13,6 +13,7 @@ interrupt request or each ``interrupt_grace`` moves one step on):
 
 1. SIGINT to the worker's process group: KeyboardInterrupt in the cell's code
    (and in its child processes, as a local Ctrl-C would). Namespace kept.
+   When the cell then ends, every other process still running is killed.
 2. If it is still running: SIGKILL to every other process in the container
    (child processes, ``setsid`` daemons), then SIGINT to the worker again.
    Namespace kept if the worker now finishes the cell.
@@ -593,6 +594,10 @@ class Supervisor:
 
     def _finish_cell(self, header):
         cell = self.cell
+        if cell.why_interrupted and not cell.children_killed and self.worker is not None:
+            # Ctrl-C ends the whole job: what outlived the SIGINT (a fork bomb's
+            # children forked after it, say) would go on burning the CPU.
+            cell.children_killed = self._kill_others(keep=(self.worker.pid,))
         self._flush_streams()
         for text in self._cell_notices():
             self._to_cell({"type": "notice", "text": text})

@@ -391,8 +391,12 @@ def _format_error(exc, filename):
     tb = exc.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next
-    lines = traceback.format_exception(type(exc), exc, tb)
-    text = "".join(lines).rstrip("\n")
+    report = traceback.TracebackException(type(exc), exc, tb)
+    # Frames of the agent (the SIGINT handler that raised KeyboardInterrupt,
+    # display() internals) mean nothing to the user.
+    report.stack = traceback.StackSummary.from_list(
+        [f for f in report.stack if not f.filename.startswith("<fiddledock_agent/")])
+    text = "".join(report.format()).rstrip("\n")
     return {
         "ename": type(exc).__name__,
         "evalue": str(exc),

@@ -1,0 +1,409 @@
+"""The instances of one scope (a notebook): find, create, restart, remove, report.
+
+An instance's identity is its container's name, ``fiddledock-<name>-<scope8>``
+(``_spec.container_name``): that is how a restarted kernel finds its
+containers again, and a pooled container becomes an instance by being renamed.
+The manager also reports status (``statuses``, for `list` and the panel),
+cleans up, owns the pool (``_pool.Pool``) and keeps idle connections drained.
+"""
+
+import concurrent.futures
+import getpass
+import os
+import select
+import socket
+import threading
+
+from . import _image
+from ._agent_files import bootstrap_source
+from ._engine import LABEL, Engine
+from ._errors import ImageNotFound, InstanceConflict, InstanceNotFound
+from ._instance import Instance, connection_alive, describe_stop
+from ._spec import (InstanceSpec, InvalidSetting, check_name, container_name,
+                    instance_name, is_pool_container_name, scope_id)
+from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
+
+STATUS_THREADS = 32  # stats samples take ~1 s each on the engine: run them side by side
+
+
+def _owner():
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return "%s@%s" % (user, socket.gethostname())
+
+
+class _Drainer:
+    """Reads this kernel's idle connections so that another client never stalls.
+
+    Docker copies a container's stdout to every attached client in turn: one
+    that does not read (this kernel between its cells) blocks, once its socket
+    buffer is full, the output of a cell another kernel runs in the same
+    instance -- and that cell's end. Frames that arrive between our cells are
+    not ours (or stale) and are dropped. A daemon thread that never writes.
+    """
+
+    INTERVAL = 0.5  # how soon a connection whose cell just ended is watched again
+
+    def __init__(self, manager):
+        self.manager = manager
+        self._stop = threading.Event()
+        self._thread = None
+
+    def ensure(self):
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="fiddledock-drain",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+
+    def _run(self):
+        while not self._stop.is_set():
+            watch = {}
+            for inst in list(self.manager.instances.values()):
+                conn = inst.connection
+                if conn is not None and not conn.closed and inst.idle():
+                    watch[conn.sock] = inst
+            if not watch:
+                self._stop.wait(self.INTERVAL)
+                continue
+            try:
+                readable, _, _ = select.select(list(watch), [], [], self.INTERVAL)
+            except (OSError, ValueError):  # a socket was closed meanwhile
+                self._stop.wait(0.05)
+                continue
+            for sock in readable:
+                inst = watch[sock]
+                if inst.lock.acquire(blocking=False):  # else a cell started: it reads
+                    try:
+                        if inst.connection is not None and inst.connection.sock is sock:
+                            connection_alive(inst.connection)
+                    finally:
+                        inst.lock.release()
+
+
+class InstanceManager:
+    """The instances of one scope (a notebook), created with one config.
+
+    An instance is identified by its container's name (``_spec.container_name``
+    of the instance name and the scope), never by a label: a container taken
+    from the pool was created under another name and its labels cannot change.
+    """
+
+    def __init__(self, config, engine=None):
+        from ._pool import Pool
+        self.config = config
+        self.engine = engine or Engine()
+        self.instances = {}  # name -> Instance, connected in this kernel
+        self.drainer = _Drainer(self)
+        self.pool = Pool(self)
+        if config.pool_size:
+            self.pool.resize(config.pool_size)
+        config.observe(lambda change: self.pool.resize(change["new"]), "pool_size")
+        # Names mean other containers in another scope: forget this one's connections.
+        config.observe(lambda change: self.disconnect_all(), "scope")
+        # New default settings: the pool replaces its containers now, not at its next round.
+        config.observe(lambda change: self.pool.resize(self.pool.size),
+                       ["image", "memory", "cpus", "pids", "disk", "network", "runtime",
+                        "env", "idle_timeout", "output_limit", "interrupt_grace", "scope"])
+
+    @property
+    def scope(self):
+        return self.config.scope
+
+    def agent_config(self):
+        return {
+            "idle_timeout": self.config.idle_timeout,
+            "output_limit": self.config.output_limit,
+            "interrupt_grace": self.config.interrupt_grace,
+        }
+
+    def default_spec(self, image=None):
+        c = self.config
+        return InstanceSpec(image=image or c.image, memory=c.memory, cpus=c.cpus,
+                            pids=c.pids, disk=c.disk, network=c.network,
+                            runtime=c.runtime, env=dict(c.env))
+
+    def pool_key(self, spec):
+        """What a pooled container must have been made with to serve ``spec``."""
+        return spec.key({"agent": self.agent_config(), "scope": self.scope})
+
+    def labels(self, name):
+        """Labels of a new container: ours, its scope, its owner.
+
+        ``name`` is None for a pool container (its instance is not known yet).
+        """
+        return {
+            LABEL: "1",
+            "fiddledock.instance": name or "",
+            "fiddledock.scope": scope_id(self.scope),
+            "fiddledock.scope_path": self.scope[-200:],
+            "fiddledock.owner": _owner(),
+        }
+
+    # --- getting an instance ready ------------------------------------------
+    def get(self, name, image=None, notice=lambda text: None, progress=lambda line: None):
+        """The instance, connected: re-attached, restarted or created as needed."""
+        check_name(name)
+        inst = self.instances.get(name)
+        if inst is not None and inst.alive():
+            if image and image != inst.image:
+                raise InstanceConflict(
+                    "instance %r already runs image %r, not %r; delete it or pick another name"
+                    % (name, inst.image, image))
+            if inst.pending_notice:
+                notice(inst.pending_notice)
+                inst.pending_notice = None
+            return inst
+        if inst is not None:
+            inst.disconnect()
+        info = self.engine.inspect(container_name(name, self.scope))
+        if info is None:
+            if inst is not None:
+                notice("instance %r was gone (removed, or the engine restarted); "
+                       "created a new one: its previous state is lost" % name)
+            self.instances.pop(name, None)
+            return self.create(name, self.default_spec(image), progress=progress, _absent=True)
+        old = inst
+        inst = Instance(self, name, info)
+        if image and image != inst.image:
+            raise InstanceConflict(
+                "instance %r already runs image %r, not %r; delete it or pick another name"
+                % (name, inst.image, image))
+        if not info["State"].get("Running"):
+            notice("instance %r was not running (%s); restarted it: its previous state is lost"
+                   % (name, describe_stop(info["State"])))
+            text = inst.connect(fresh=True)
+        else:
+            if old is not None and old.container_id != inst.container_id:
+                notice("instance %r was replaced by a new container (restarted or recreated "
+                       "elsewhere): its previous state is lost" % name)
+            text = inst.connect()
+        if text:
+            notice(text)
+        self.instances[name] = inst
+        self.drainer.ensure()
+        return inst
+
+    def create(self, name, spec, progress=lambda line: None, _absent=False):
+        """A new instance from spec; an error if one of that name exists.
+
+        A ready container from the pool is used when its settings match.
+        """
+        check_name(name)
+        spec.validate()
+        self.check_runtime(spec.runtime)
+        cname = container_name(name, self.scope)
+        if not _absent and self.engine.inspect(cname) is not None:
+            raise InstanceConflict("instance %r already exists" % name)
+        inst = self.pool.take(self.pool_key(spec), name, cname)
+        if inst is None:
+            self._ensure_image(spec.image, progress)
+            inst = self.start_container(cname, name, spec, self.labels(name))
+        self.instances[name] = inst
+        self.drainer.ensure()
+        return inst
+
+    def start_container(self, cname, name, spec, labels, engine=None):
+        """Create, start and boot a container; an Instance connected to it."""
+        engine = engine or self.engine
+        config, host_config = spec.container_config(
+            ["python3", "-c", bootstrap_source()], labels)
+        cid = engine.create(cname, config, host_config)
+        info = {"Id": cid, "Config": {"Labels": config["labels"], "Image": spec.image}}
+        inst = Instance(self, name, info, engine=engine)
+        try:
+            inst.connect(fresh=True)
+        except BaseException:
+            engine.remove(cid)
+            raise
+        inst._engine = None if engine is self.engine else engine
+        return inst
+
+    def check_runtime(self, runtime, engine=None):
+        if runtime == "runc":
+            return
+        known = (engine or self.engine).runtimes()
+        if runtime not in known:
+            hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
+                    if runtime == "runsc" else "")
+            raise InvalidSetting("runtime %r is not registered with this Docker engine, which "
+                                 "has: %s%s" % (runtime, ", ".join(known), hint))
+
+    def _ensure_image(self, image, progress):
+        if self.engine.image_exists(image):
+            return
+        if image != _image.DEFAULT_IMAGE:
+            raise ImageNotFound(image)
+        progress("The default image %s is missing; building it once (a few minutes)..." % image)
+        _image.build_default_image(self.engine.client, image, progress=progress)
+
+    # --- managing ---------------------------------------------------------------
+    def find(self, name):
+        """Inspect data of the named instance's container, or InstanceNotFound."""
+        info = self.engine.inspect(container_name(check_name(name), self.scope))
+        if info is None:
+            raise InstanceNotFound(name)
+        return info
+
+    def list(self):
+        """Container summaries of this scope's instances (pool containers left out)."""
+        rows = self.engine.list({"fiddledock.scope": scope_id(self.scope)})
+        return [r for r in rows if self.name_of(r) is not None]
+
+    def name_of(self, summary):
+        """The instance a container summary (or inspect data) stands for, or None."""
+        names = summary.get("Names") or [summary.get("Name") or ""]
+        for cname in names:
+            name = instance_name(cname, self.scope)
+            if name is not None:
+                return name
+        return None
+
+    def names(self):
+        return sorted(self.name_of(r) for r in self.list())
+
+    def delete(self, name):
+        info = self.find(name)
+        inst = self.instances.pop(name, None)
+        if inst is not None:
+            inst.disconnect()
+        self.engine.remove(info["Id"])
+
+    def delete_all(self):
+        names = []
+        for summary in self.list():
+            name = self.name_of(summary)
+            inst = self.instances.pop(name, None)
+            if inst is not None:
+                inst.disconnect()
+            self.engine.remove(summary["Id"])
+            names.append(name)
+        return sorted(names)
+
+    def restart(self, name, progress=lambda line: None):
+        """A new container with the same settings: state is lost."""
+        info = self.find(name)
+        spec = InstanceSpec.from_container(info, self.default_spec())
+        self.delete(name)
+        return self.create(name, spec, progress=progress)
+
+    def reset(self, name):
+        self.find(name)  # reset never creates
+        self.get(name).reset()
+
+    def cleanup(self, all_scopes=False):
+        """Remove stopped and orphaned containers; their instance names.
+
+        Removed: every instance container that is not running (stopped by
+        its idle timeout, by hand, or dead) and every pool container that is
+        stopped or whose creating kernel is gone (same host). Running
+        instances stay: after a kernel restart they are re-attached. Only
+        this notebook's scope unless ``all_scopes``.
+        """
+        from ._pool import orphaned
+        labels = None if all_scopes else {"fiddledock.scope": scope_id(self.scope)}
+        removed = []
+        for row in self.engine.list(labels):
+            cname = (row.get("Names") or ["?"])[0].lstrip("/")
+            if is_pool_container_name(cname):
+                if not orphaned(row):
+                    continue
+            elif row.get("State") == "running":
+                continue
+            self.engine.remove(row["Id"])
+            name = self.name_of(row)
+            if name is not None and self.instances.get(name) is not None \
+                    and self.instances[name].container_id == row["Id"]:
+                self.instances.pop(name).disconnect()
+            removed.append(name or cname)
+        return removed
+
+    # --- status -----------------------------------------------------------------
+    def statuses(self):
+        """One InstanceStatus per instance of this scope, sorted by name.
+
+        The engine's stats endpoint takes about a second per sample, so the
+        containers are inspected, sampled and probed side by side.
+        """
+        rows = self.list()
+        if not rows:
+            return []
+        workers = min(STATUS_THREADS, len(rows))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(self._status_of, rows))
+        return sorted((r for r in results if r is not None), key=lambda r: r.name)
+
+    def _status_of(self, summary):
+        name = self.name_of(summary)
+        info = self.engine.inspect(summary["Id"])
+        if info is None:  # removed while we looked
+            return None
+        state = info.get("State") or {}
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        host = info.get("HostConfig") or {}
+        row = InstanceStatus(
+            name=name,
+            image=labels.get("fiddledock.image") or (info.get("Config") or {}).get("Image", ""),
+            status="stopped",
+            started_at=parse_time(state.get("StartedAt")),
+            memory_used=None,
+            memory_limit=host.get("Memory") or None,
+            cpu_percent=None,
+            container_id=info["Id"],
+            container_name=info.get("Name", "").lstrip("/"),
+            is_default=(name == self.config.default_instance),
+        )
+        if not state.get("Running"):
+            row.status, row.note = _stopped_status(state)
+            return row
+        try:
+            sample = self.engine.stats(info["Id"])
+            row.memory_used = memory_used(sample)
+            row.cpu_percent = cpu_percent(sample)
+        except Exception as exc:  # a container stopping right now, a runtime without stats
+            row.note = "no stats: %s" % str(exc).splitlines()[0][:100] if str(exc) else ""
+        inst = self.instances.get(name)
+        answer = None
+        if inst is not None and inst.container_id == info["Id"]:
+            answer = inst.probe()
+        if answer is None:
+            row.status = "running"
+            if not row.note:
+                row.note = "not connected from this kernel"
+        else:
+            row.status = answer
+        return row
+
+    def disconnect_all(self):
+        for inst in self.instances.values():
+            inst.disconnect()
+        self.instances.clear()
+
+    def close(self):
+        self.drainer.stop()
+        self.pool.close()
+        self.disconnect_all()
+
+
+# Exit codes of a container that was stopped rather than crashed: clean exit,
+# SIGINT, SIGKILL and SIGTERM (docker stop).
+_STOP_CODES = (0, 130, 137, 143)
+
+
+def _stopped_status(state):
+    """('stopped' or 'dead', why) for a container that is not running."""
+    if state.get("OOMKilled"):
+        return "dead", "out of memory"
+    status = state.get("Status")
+    if status == "created":
+        return "stopped", "never started"
+    if status == "dead" or state.get("ExitCode") not in _STOP_CODES:
+        return "dead", "exit code %s" % state.get("ExitCode")
+    return "stopped", "exit code %s" % state.get("ExitCode")
+
+
