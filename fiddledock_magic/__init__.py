@@ -5,9 +5,10 @@ The names below are the public Python API; everything else is private.
 """
 
 from ._config import DockerRun
-from ._errors import (AgentError, CellError, CellKilled, CellTimeout, EngineUnavailable,
-                      FiddleDockError, ImageBuildError, ImageNotFound, InstanceBusy,
-                      InstanceConflict, InstanceLost, InstanceNotFound)
+from ._errors import (AgentError, CellError, CellKilled, CellTimeout, EngineError,
+                      EngineUnavailable, FiddleDockError, ImageBuildError, ImageNotFound,
+                      InstanceBusy, InstanceConflict, InstanceLost, InstanceNotFound,
+                      TransferError, UnsafeArchive)
 from ._extension import load_ipython_extension, unload_ipython_extension
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "CellKilled",
     "CellTimeout",
     "DockerRun",
+    "EngineError",
     "EngineUnavailable",
     "FiddleDockError",
     "ImageBuildError",
@@ -26,6 +28,8 @@ __all__ = [
     "InstanceConflict",
     "InstanceLost",
     "InstanceNotFound",
+    "TransferError",
+    "UnsafeArchive",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

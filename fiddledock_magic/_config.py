@@ -9,6 +9,7 @@ they apply to instances created afterwards (``%dockerrun create`` options
 override them per instance).
 """
 
+import math
 import os
 
 from traitlets import CFloat, CInt, CUnicode, Dict, TraitError, Unicode, default, validate
@@ -58,8 +59,11 @@ class DockerRun(Configurable):
             raise TraitError(str(exc)) from None
         return value
 
-    @validate("timeout", "idle_timeout", "pool_size", "interrupt_grace")
+    @validate("timeout", "idle_timeout", "pool_size", "interrupt_grace", "output_limit")
     def _not_negative(self, proposal):
+        if not math.isfinite(proposal["value"]):
+            raise TraitError("%s must be a finite number (0 means no limit where allowed), not %r"
+                             % (proposal["trait"].name, proposal["value"]))
         if proposal["value"] < 0:
             raise TraitError("%s must be 0 or more, not %r"
                              % (proposal["trait"].name, proposal["value"]))

@@ -16,7 +16,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from ._errors import EngineUnavailable, FiddleDockError, ImageNotFound
+from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
 
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
 MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
@@ -61,14 +61,15 @@ class Engine:
         return self.client.api
 
     def call(self, fn, *args, **kwargs):
-        """Run an API call, turning connection failures into EngineUnavailable."""
+        """Run an API call: connection failures become EngineUnavailable, refusals
+        EngineError (with the status code), so no docker-py traceback reaches a cell."""
         try:
             return fn(*args, **kwargs)
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
             raise _engine_error(exc) from None
+        except docker.errors.APIError as exc:
+            raise EngineError(exc.status_code, exc.explanation or str(exc)) from None
         except docker.errors.DockerException as exc:
-            if isinstance(exc, docker.errors.APIError):
-                raise
             raise _engine_error(exc) from None
 
     def runtimes(self):
@@ -83,11 +84,12 @@ class Engine:
         try:
             self.call(self.api.inspect_image, image)
             return True
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.APIError as exc:
+        except EngineError as exc:
             if exc.status_code == 404:
                 return False
+            if exc.status_code == 400:
+                raise ImageNotFound(image, "%r is not a valid image name (%s)"
+                                    % (image, exc.explanation)) from None
             raise
 
     # --- containers -----------------------------------------------------------
@@ -95,8 +97,10 @@ class Engine:
         """The container's inspect data, or None if there is none."""
         try:
             return self.call(self.api.inspect_container, name_or_id)
-        except docker.errors.NotFound:
-            return None
+        except EngineError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
 
     def list(self, labels=None, all=True):
         """Summaries of our containers, optionally narrowed by more labels."""
@@ -111,35 +115,33 @@ class Engine:
         try:
             created = self.call(self.api.create_container, name=name,
                                 host_config=hc, **config)
-        except docker.errors.ImageNotFound:
-            raise ImageNotFound(config.get("image"))
-        except docker.errors.APIError as exc:
-            if exc.status_code == 404 and "image" in str(exc).lower():
-                raise ImageNotFound(config.get("image"))
-            raise FiddleDockError("the engine refused to create %s: %s"
-                                  % (name, exc.explanation or exc)) from None
+        except EngineError as exc:
+            if exc.status_code == 404 and "image" in exc.explanation.lower():
+                raise ImageNotFound(config.get("image")) from None
+            raise EngineError(exc.status_code, "the engine refused to create %s: %s"
+                              % (name, exc.explanation)) from None
         return created["Id"]
 
     def start(self, container_id):
         try:
             self.call(self.api.start, container_id)
-        except docker.errors.APIError as exc:
-            raise FiddleDockError("the engine could not start the container: %s"
-                                  % (exc.explanation or exc)) from None
+        except EngineError as exc:
+            raise EngineError(exc.status_code, "the engine could not start the container: %s"
+                              % exc.explanation) from None
 
-    def stop(self, container_id, timeout=2):
+    def kill(self, container_id):
+        """SIGKILL the container (it stays, stopped, for its state to be reported)."""
         try:
-            self.call(self.api.stop, container_id, timeout=timeout)
-        except docker.errors.NotFound:
-            pass
+            self.call(self.api.kill, container_id)
+        except EngineError as exc:
+            if exc.status_code not in (404, 409):  # gone, or not running
+                raise
 
     def remove(self, container_id):
         try:
             self.call(self.api.remove_container, container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # removal already in progress
+        except EngineError as exc:
+            if exc.status_code not in (404, 409):  # gone, or removal already in progress
                 raise
 
     def rename(self, container_id, name):
@@ -148,12 +150,6 @@ class Engine:
     def stats(self, container_id):
         """One stats sample (no streaming)."""
         return self.call(self.api.stats, container_id, stream=False)
-
-    def get_archive(self, container_id, path):
-        return self.call(self.api.get_archive, container_id, path)
-
-    def put_archive(self, container_id, path, data):
-        return self.call(self.api.put_archive, container_id, path, data)
 
     # --- exec (file transfers) -------------------------------------------------
     def exec_socket(self, container_id, cmd, user=None, workdir=None):
@@ -168,9 +164,9 @@ class Engine:
             created = self.call(self.api.exec_create, container_id, cmd, stdin=True,
                                 stdout=True, stderr=True, tty=False, user=user or "",
                                 workdir=workdir)
-        except docker.errors.APIError as exc:
-            raise FiddleDockError("the engine cannot run a command in the container: %s"
-                                  % (exc.explanation or exc)) from None
+        except EngineError as exc:
+            raise EngineError(exc.status_code, "the engine cannot run a command in the "
+                              "container: %s" % exc.explanation) from None
         exec_id = created["Id"]
         path = "/v%s/exec/%s/start" % (self.api._version, exec_id)
         sock = self._raw_upgrade(path, b'{"Detach": false, "Tty": false}')

@@ -16,6 +16,15 @@ class EngineUnavailable(FiddleDockError):
     """No Docker engine answers at the configured address."""
 
 
+class EngineError(FiddleDockError):
+    """The engine refused a request; ``status_code`` is its HTTP status."""
+
+    def __init__(self, status_code, explanation):
+        self.status_code = status_code
+        self.explanation = str(explanation)
+        super().__init__(self.explanation)
+
+
 class ImageNotFound(FiddleDockError):
     """The image an instance needs is not on the engine."""
 

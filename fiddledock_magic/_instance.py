@@ -16,6 +16,8 @@ from ._agent_files import boot_payload
 from ._errors import AgentError, InstanceBusy, InstanceLost
 from ._protocol import VERSION, AgentConnection, ConnectionClosed
 
+DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
+AGENT_SLACK = 10.0  # beyond the agent's own escalation, before it counts as wedged
 BOOT_TIMEOUT = 60.0  # python start under gVisor on a loaded machine can be slow
 PROBE_TIMEOUT = 2.0  # a status probe of an idle agent answers in well under 1 ms
 
@@ -229,7 +231,15 @@ class Instance:
             request["output_limit"] = int(output_limit)
         if interrupt_grace is not None:
             request["interrupt_grace"] = float(interrupt_grace)
-        conn.send(request, code.encode("utf-8", "surrogateescape"))
+        try:
+            conn.send(request, code.encode("utf-8", "surrogateescape"))
+        except ConnectionClosed:
+            self.disconnect()
+            raise InstanceLost(self.name, self._why_dead(conn)) from None
+        grace = DEFAULT_GRACE if interrupt_grace is None else float(interrupt_grace)
+        # The agent ends a cell by its time limit, or after a kill request, on
+        # its own; past these deadlines it is wedged (stopped, say, by the code).
+        answer_by = time.monotonic() + timeout + 3 * grace + AGENT_SLACK if timeout else None
         interrupts = 0
         with _InterruptLatch() as latch:
             while True:
@@ -237,7 +247,12 @@ class Instance:
                     while interrupts < latch.count:  # forwarded between frames, never mid-frame
                         interrupts += 1
                         conn.send({"type": "interrupt", "id": cell_id, "kill": interrupts > 1})
-                    frame = conn.recv(timeout=latch.poll)
+                        if interrupts > 1:
+                            kill_by = time.monotonic() + 2 * grace + AGENT_SLACK
+                            answer_by = min(answer_by or kill_by, kill_by)
+                    if answer_by is not None and time.monotonic() > answer_by:
+                        self._stop_wedged(conn)
+                    frame = conn.recv(timeout=latch.poll or 1.0)
                     if frame is None:
                         continue
                     if self._on_event(frame, cell_id, handler, latch):
@@ -247,6 +262,13 @@ class Instance:
                 except ConnectionClosed:
                     self.disconnect()
                     raise InstanceLost(self.name, self._why_dead(conn)) from None
+
+    def _stop_wedged(self, conn):
+        """The agent no longer answers: stop its container, so the next cell starts afresh."""
+        self.engine.kill(self.container_id)
+        self.disconnect()
+        raise InstanceLost(self.name, "its agent stopped answering (the cell's code may have "
+                                      "stopped or killed it), so its container was stopped")
 
     def _on_event(self, frame, cell_id, handler, latch):
         """Hand one event of the running cell to handler; True when it is ``done``."""

@@ -5,6 +5,7 @@ IPython's ``magic_arguments``, so ``%%dockerrun?`` prints real help and a bad
 argument is a ``UsageError``.
 """
 
+import math
 import sys
 
 from IPython.core.error import UsageError
@@ -65,7 +66,7 @@ class DockerRunMagics(Magics):
         except InvalidSetting as exc:
             raise UsageError(str(exc)) from None
         timeout = self.config_obj.timeout if args.timeout is None else args.timeout
-        if timeout < 0:
+        if not math.isfinite(timeout) or timeout < 0:
             raise UsageError("--timeout must be 0 (no limit) or a positive number of seconds")
         return self._run(name, cell, timeout, args)
 

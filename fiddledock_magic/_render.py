@@ -66,6 +66,8 @@ class CellRenderer(CellHandler):
             decoder = self._decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
         text = decoder.decode(data)
         if text:
+            if self._dirty and name not in self._dirty:
+                self.flush()  # the other stream's text first: keeps stdout/stderr order
             self._target(name).write(text)
             self._dirty.add(name)
             now = time.monotonic()

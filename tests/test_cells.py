@@ -184,3 +184,21 @@ def test_interrupted_traceback_shows_only_the_cells_frames(run, unique_name):
     text = "\n".join(info.value._render_traceback_())
     assert "KeyboardInterrupt" in text and "time.sleep(0.01)" in text
     assert "fiddledock_agent" not in text
+
+
+def test_python_and_child_output_keep_their_order(run, unique_name):
+    code = ("import os, subprocess\nfor i in range(30):\n    print('a%d' % i)\n"
+            "    os.write(1, b'b%d\\n' % i)\n    subprocess.run(['echo', 'c%d' % i])")
+    _, out, _ = run(code, unique_name)
+    assert out == "".join("a%d\nb%d\nc%d\n" % (i, i, i) for i in range(30))
+
+
+def test_stdout_and_stderr_interleave_in_order_through_a_kernel(kernel):
+    code = ("%%dockerrun\nimport sys\nfor i in range(3):\n    print('out', i)\n"
+            "    print('err', i, file=sys.stderr)")
+    reply, msgs = kernel.execute(code, timeout=120)
+    assert reply["status"] == "ok"
+    seen = [(m["content"]["name"], line) for _, m in msgs if m["msg_type"] == "stream"
+            for line in m["content"]["text"].splitlines()]
+    assert seen == [(n, "%s %d" % (w, i)) for i in range(3)
+                    for n, w in (("stdout", "out"), ("stderr", "err"))]

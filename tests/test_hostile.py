@@ -557,3 +557,27 @@ def test_five_hostile_instances_leave_a_sixth_responsive(shell, run, create, uni
     with capsys.disabled():
         print("\nround trips beside 5 hostile instances: n=%d median %.3f s max %.3f s"
               % (len(rounds), sorted(rounds)[len(rounds) // 2], max(rounds)))
+
+
+def test_forking_loop_children_are_ended_with_the_timed_out_cell(run, create, unique_name):
+    """Children forked after the timeout's SIGINT must not go on burning the CPU."""
+    create(unique_name, "--pids 64")
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    with pytest.raises(CellTimeout):
+        run(code, unique_name, "--timeout 2")
+    probe = ("import os\nlive = 0\nfor p in os.listdir('/proc'):\n    try:\n"
+             "        live += p.isdigit() and open('/proc/%s/stat' % p).read().split()[2] != 'Z'\n"
+             "    except OSError:\n        pass\nprint(live)")
+    _, out, _ = run(probe, unique_name)
+    assert int(out) <= 3, out  # init, supervisor, worker
+
+
+def test_code_that_stops_the_agent_cannot_hang_the_notebook(run, unique_name, config):
+    config(interrupt_grace=0.5)
+    run("x = 1", unique_name)
+    code = "import os, signal, time\nos.kill(os.getppid(), signal.SIGSTOP)\ntime.sleep(100)"
+    with took(30.0), pytest.raises(InstanceLost) as info:
+        run(code, unique_name, "--timeout 1")
+    assert "stopped answering" in str(info.value)
+    _, out, err = run("print('x' in globals())", unique_name)
+    assert out == "False\n" and "restarted" in err

@@ -195,15 +195,15 @@ def test_02_safety(execute):
     assert "timed out after 2 s" in ran.text("timeout", "stderr")
     assert ran.text("after-timeout").strip() == "I am still here"
     stubborn = ran.text("stubborn", "stderr")
-    assert "ignored KeyboardInterrupt" in stubborn and "killed" in stubborn
+    assert "KeyboardInterrupt" in stubborn and "killed" in stubborn
     assert ran.text("after-stubborn").strip().endswith("is 'kept' still defined? False")
     assert "out of memory" in ran.text("memory", "stderr")
     assert "still usable after the memory bomb" in ran.text("after-memory")
     assert ran.text("fork", "stderr").strip(), "the fork bomb cell said nothing"
     after_fork = ran.text("after-fork")
     assert "still usable after the fork bomb" in after_fork
-    processes = int(re.search(r"(\d+) processes running", after_fork).group(1))
-    assert processes < 10, after_fork  # init, agent, worker: the bomb's processes are gone
+    alive = int(re.search(r"(\d+) processes alive", after_fork).group(1))
+    assert alive <= 3, after_fork  # init, agent, worker: none of the bomb's processes
     network = ran.text("network")
     assert "network cards: ['lo']" in network and "no network:" in network
     disk = ran.text("disk")

@@ -14,8 +14,9 @@ from fiddledock_agent import MODULES, protocol
 def test_public_names_are_exactly_what_is_meant_to_be_public():
     assert sorted(fiddledock_magic.__all__) == sorted([
         "AgentError", "CellError", "CellKilled", "CellTimeout", "DockerRun",
-        "EngineUnavailable", "FiddleDockError", "ImageBuildError", "ImageNotFound",
-        "InstanceBusy", "InstanceConflict", "InstanceLost", "InstanceNotFound",
+        "EngineError", "EngineUnavailable", "FiddleDockError", "ImageBuildError",
+        "ImageNotFound", "InstanceBusy", "InstanceConflict", "InstanceLost",
+        "InstanceNotFound", "TransferError", "UnsafeArchive",
         "load_ipython_extension", "unload_ipython_extension",
     ])
     public = {n for n in dir(fiddledock_magic) if not n.startswith("_")}

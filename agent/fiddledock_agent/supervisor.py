@@ -36,6 +36,7 @@ OUT_HIGH_WATER = 8 * 1024 * 1024  # stop reading the worker while this much wait
 STREAM_DELAY = 0.004  # output waits at most this long to be coalesced into one frame
 STREAM_CHUNK = 64 * 1024  # ... or until this much is pending
 KILL_WAIT = 2.0  # how long to wait for killed processes to be gone
+MAX_WAIT = 86400.0  # the longest single select() wait
 DEFAULTS = {
     "idle_timeout": 3600.0,
     "interrupt_grace": 2.0,
@@ -553,8 +554,8 @@ class Supervisor:
         except protocol.ProtocolError:
             self._worker_died("wrote garbage into its channel to the agent, so it was killed")
             return
-        if frames:
-            self._drain_pipes()  # child processes' output written before these events
+        # No draining of the pipes first: the worker sends a frame only once the
+        # pipes are empty, so pipe data pending now was written after it.
         for header, payload in frames:
             self._on_worker_frame(header, payload)
             if self.worker is not w:
@@ -833,12 +834,18 @@ class Supervisor:
             times.append(self.last_activity + float(self.config["idle_timeout"]))
         if not times:
             return None
-        return max(0.0, min(times) - now)
+        # A wait past what select() accepts (or an infinite limit) would raise
+        # OverflowError and take the agent down: wake up daily instead.
+        wait = min(times) - now
+        return max(0.0, wait) if wait < MAX_WAIT else MAX_WAIT
 
     # --- main loop -------------------------------------------------------------
     def loop(self):
         while self.running:
             events = self.selector.select(self._next_timeout(time.monotonic()))
+            # The worker's socket before its pipes: see worker.Channel on order.
+            events.sort(key=lambda event: self.worker is not None
+                        and event[0].fd in self.worker.pipes)
             for key, mask in events:
                 if self.worker is not None and key.fd in self.worker.pipes:
                     self._read_pipe(key.fd)

@@ -8,14 +8,17 @@ level writes go over the socket instead, tagged, so stdout and stderr keep
 their order.
 """
 
+import array
 import ast
 import builtins
+import fcntl
 import io
 import json
 import linecache
 import os
 import signal
 import sys
+import termios
 import threading
 import time
 import tokenize
@@ -32,18 +35,49 @@ CHUNK = 64 * 1024
 FLUSH_DELAY = 0.02  # seconds a partial line may wait before it is sent
 
 
+PIPE_WAIT = 0.05  # longest a frame waits for child output ahead of it to be taken
+
+
 class Channel:
-    """Frames to and from the supervisor over one socket."""
+    """Frames to and from the supervisor over one socket.
+
+    Order with child-process output: that goes through the fd 1/2 pipes, so
+    before a frame is sent, whatever the pipes still hold (written earlier)
+    is left for the supervisor to take first; the supervisor reads this
+    socket before the pipes. Private dups of the pipes keep this working
+    when the cell's code redirects fd 1 or 2.
+    """
 
     def __init__(self, sock):
         self._sock = sock
         self._reader = protocol.FrameReader()
         self._pending = []
         self._lock = threading.Lock()
+        self._pipes = []
+        for fd in (1, 2):
+            try:
+                self._pipes.append(os.dup(fd))
+            except OSError:
+                pass
+        self._count = array.array("i", [0])
+
+    def _pipes_empty(self):
+        for fd in self._pipes:
+            try:
+                fcntl.ioctl(fd, termios.FIONREAD, self._count)
+            except OSError:
+                continue
+            if self._count[0]:
+                return False
+        return True
 
     def send(self, header, payload=b""):
         data = protocol.encode(header, payload)
         with self._lock:
+            if not self._pipes_empty():
+                deadline = time.monotonic() + PIPE_WAIT
+                while not self._pipes_empty() and time.monotonic() < deadline:
+                    time.sleep(0.0002)
             self._sock.sendall(data)
 
     def recv(self):
