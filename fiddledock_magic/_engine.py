@@ -18,6 +18,7 @@ import requests.exceptions
 
 from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
 
+UPGRADE_TIMEOUT = 30  # seconds for the engine to answer an attach or exec request
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
 MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
 
@@ -207,14 +208,20 @@ class Engine:
         request = ("POST %s HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
                    "Content-Length: %d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
                    % (path, len(body)))
-        sock.sendall(request.encode("ascii") + body)
-        head = bytearray()
-        while not head.endswith(b"\r\n\r\n"):
-            byte = sock.recv(1)
-            if not byte:
-                sock.close()
-                raise EngineUnavailable("the engine closed the request")
-            head += byte
+        sock.settimeout(UPGRADE_TIMEOUT)  # an engine that accepts but never answers
+        try:
+            sock.sendall(request.encode("ascii") + body)
+            head = bytearray()
+            while not head.endswith(b"\r\n\r\n"):
+                byte = sock.recv(1)
+                if not byte:
+                    sock.close()
+                    raise EngineUnavailable("the engine closed the request")
+                head += byte
+        except socket.timeout:
+            sock.close()
+            raise EngineUnavailable("the engine did not answer within %d s" % UPGRADE_TIMEOUT)
+        sock.settimeout(None)
         status = head.split(b"\r\n", 1)[0].decode("latin-1")
         if " 101 " not in status and " 200 " not in status:
             sock.close()

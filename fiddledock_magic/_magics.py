@@ -38,7 +38,7 @@ class DockerRunMagics(Magics):
     def config_obj(self):
         return self.manager.config
 
-    @magic_arguments()
+    @magic_arguments("%dockerrun")  # usage reads "%%dockerrun": the options are the cell's
     @argument("name", nargs="?", default=None,
               help="Instance to run in (default: the current default instance). "
                    "Created on first use.")

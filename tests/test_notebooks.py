@@ -141,6 +141,10 @@ def test_every_notebook_is_run_here_or_declared_as_needing_network():
     names = all_notebooks()
     assert len([n for n in names if n not in NEEDS_NETWORK]) >= 4
     assert NEEDS_NETWORK <= set(names)
+    # notebook "NN-..." is executed by a test named test_NN_...
+    executed = {t.split("_")[1] for t in globals() if re.match(r"test_\d\d_", t)}
+    missing = [n for n in names if n not in NEEDS_NETWORK and n[:2] not in executed]
+    assert not missing, "no test executes %s" % missing
     for name in names:
         nb = nbformat.read(str(NOTEBOOKS / name), as_version=4)
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")

@@ -719,13 +719,14 @@ class Supervisor:
         elif kind == "execute":
             self._execute(header, payload)
         elif kind == "interrupt":
-            if self.cell is not None and (sender == self.cell.client or header.get("force")):
+            if self.cell is not None and sender == self.cell.client:
                 if header.get("kill") or self.cell.stage == 0:
                     self._escalate("interrupt")
                 else:  # pressed again: another KeyboardInterrupt, as locally
                     self._sigint(group=True)
         elif kind == "input_reply":
-            if self.cell is not None and self.worker is not None:
+            # Only the client whose cell asked may answer it.
+            if self.cell is not None and self.worker is not None and sender == self.cell.client:
                 reply = {"type": "input_reply", "value": header.get("value"),
                          "error": header.get("error")}
                 self._to_worker(protocol.encode(reply))
