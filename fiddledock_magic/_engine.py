@@ -25,6 +25,10 @@ MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
 
 def _engine_error(exc):
     where = os.environ.get("DOCKER_HOST") or "the default socket"
+    if "permission denied" in str(exc).lower():
+        return EngineUnavailable(
+            "no permission to use the Docker engine at %s (%s). Add your user to the "
+            "'docker' group (then log in again), or run as a user who may." % (where, _short(exc)))
     return EngineUnavailable(
         "cannot reach the Docker engine at %s (%s). Start it (scripts/ensure-engine.sh "
         "does, on Linux as root) or point DOCKER_HOST at one." % (where, _short(exc)))
