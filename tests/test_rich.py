@@ -140,16 +140,6 @@ FrameLike()'''
     assert "<style" not in html and "vertical-align" not in html
 
 
-def test_pandas_dataframe_is_a_table_where_pandas_is_installed(k):
-    _, msgs = cell(k, "try:\n    import pandas as pd\nexcept ImportError:\n    pd = None\n"
-                      "print(pd is not None)")
-    if stream_text([(0, m) for m in msgs]).strip() != "True":
-        pytest.skip("pandas is not installed in the default image")
-    _, msgs = cell(k, "pd.DataFrame({'n': [1, 2], 'sq': [1, 4]})")
-    html = outputs(msgs, "execute_result")[0]["content"]["data"]["text/html"]
-    assert "<table" in html and "<td>4</td>" in html
-
-
 def test_ipython_display_works_in_the_container(k):
     code = ("from IPython.display import display, HTML, Markdown, Image, SVG, JSON, Latex, "
             "clear_output\n"
