@@ -25,13 +25,9 @@ from fiddledock_magic._errors import TransferError, UnsafeArchive
 
 
 @pytest.fixture
-def line(shell, capsys):
+def line(line_magic):
     """line('put ...') -> what the line magic printed."""
-    def _line(text):
-        capsys.readouterr()
-        shell.run_line_magic("dockerrun", text)
-        return capsys.readouterr().out
-    return _line
+    return line_magic
 
 
 @pytest.fixture
