@@ -3,6 +3,7 @@
 from ._config import DockerRun
 from ._manager import InstanceManager
 from ._magics import DockerRunMagics
+from ._panel_model import close_model_of
 
 _STATE = "_fiddledock_state"
 
@@ -23,6 +24,7 @@ def unload_ipython_extension(shell):
     if state is None:
         return
     config, manager, _ = state
+    close_model_of(manager)  # its refresh thread and cell hook would outlive the manager
     manager.close()
     if config in shell.configurables:
         shell.configurables.remove(config)

@@ -130,6 +130,7 @@ class Instance:
         # Held while a cell or reset talks to the agent, so a status probe
         # (another thread) never reads the same connection.
         self.lock = threading.RLock()
+        self.running_cell = False  # a cell of this kernel is running (for probe)
         self._cell_ids = itertools.count(1)
         self._engine = engine
 
@@ -220,7 +221,12 @@ class Instance:
         interrupt in the container; a second one asks for a kill.
         """
         with self.lock:
-            return self._execute(code, handler, timeout, reset, output_limit, interrupt_grace)
+            self.running_cell = True
+            try:
+                return self._execute(code, handler, timeout, reset, output_limit,
+                                     interrupt_grace)
+            finally:
+                self.running_cell = False
 
     def _execute(self, code, handler, timeout, reset, output_limit, interrupt_grace):
         conn = self.connection
@@ -315,10 +321,13 @@ class Instance:
     def probe(self):
         """'idle' or 'busy' from the agent, without counting as use; None if unknown.
 
-        A cell of this kernel holds the lock: that is 'busy' without asking.
+        A cell of this kernel running is 'busy' without asking; the drainer
+        holds the lock only for a moment.
         """
-        if not self.lock.acquire(blocking=False):
+        if self.running_cell:
             return "busy"
+        if not self.lock.acquire(timeout=PROBE_TIMEOUT):
+            return "busy" if self.running_cell else None
         try:
             conn = self.connection
             if not connection_alive(conn):

@@ -335,3 +335,10 @@ def model_for(manager, shell=None):
         model = PanelModel(manager, shell=shell)
         _MODELS[id(manager)] = model
     return model
+
+
+def close_model_of(manager):
+    """Stop the notebook's panel model, if it has one (on unloading the extension)."""
+    model = _MODELS.pop(id(manager), None)
+    if model is not None and model.manager is manager:
+        model.close()
