@@ -8,6 +8,7 @@ cleans up, owns the pool (``_pool.Pool``) and keeps idle connections drained.
 """
 
 import concurrent.futures
+import functools
 import getpass
 import os
 import select
@@ -86,6 +87,16 @@ class _Drainer:
                         inst.lock.release()
 
 
+def _serialized(method):
+    """One change to this scope's instances at a time: the panel acts from a
+    background thread while the notebook runs cells."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._changes:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class InstanceManager:
     """The instances of one scope (a notebook), created with one config.
 
@@ -99,6 +110,7 @@ class InstanceManager:
         self.config = config
         self.engine = engine or Engine()
         self.instances = {}  # name -> Instance, connected in this kernel
+        self._changes = threading.RLock()  # see _serialized
         self.drainer = _Drainer(self)
         self.pool = Pool(self)
         if config.pool_size:
@@ -146,6 +158,7 @@ class InstanceManager:
         }
 
     # --- getting an instance ready ------------------------------------------
+    @_serialized
     def get(self, name, image=None, notice=lambda text: None, progress=lambda line: None):
         """The instance, connected: re-attached, restarted or created as needed."""
         check_name(name)
@@ -189,6 +202,7 @@ class InstanceManager:
         self.drainer.ensure()
         return inst
 
+    @_serialized
     def create(self, name, spec, progress=lambda line: None, _absent=False):
         """A new instance from spec; an error if one of that name exists.
 
@@ -267,6 +281,7 @@ class InstanceManager:
     def names(self):
         return sorted(self.name_of(r) for r in self.list())
 
+    @_serialized
     def delete(self, name):
         info = self.find(name)
         inst = self.instances.pop(name, None)
@@ -274,6 +289,7 @@ class InstanceManager:
             inst.disconnect()
         self.engine.remove(info["Id"])
 
+    @_serialized
     def delete_all(self):
         names = []
         for summary in self.list():
@@ -285,6 +301,7 @@ class InstanceManager:
             names.append(name)
         return sorted(names)
 
+    @_serialized
     def restart(self, name, progress=lambda line: None):
         """A new container with the same settings: state is lost."""
         info = self.find(name)
@@ -292,10 +309,12 @@ class InstanceManager:
         self.delete(name)
         return self.create(name, spec, progress=progress)
 
+    @_serialized
     def reset(self, name):
         self.find(name)  # reset never creates
         self.get(name).reset()
 
+    @_serialized
     def cleanup(self, all_scopes=False):
         """Remove stopped and orphaned containers; their instance names.
 
