@@ -28,13 +28,14 @@ def _engine_error(exc):
     if "permission denied" in str(exc).lower():
         return EngineUnavailable(
             "no permission to use the Docker engine at %s (%s). Add your user to the "
-            "'docker' group (then log in again), or run as a user who may." % (where, _short(exc)))
+            "'docker' group (then log in again), or run as a user who may." % (where, short_error(exc)))
     return EngineUnavailable(
         "cannot reach the Docker engine at %s (%s). Start it (scripts/ensure-engine.sh "
-        "does, on Linux as root) or point DOCKER_HOST at one." % (where, _short(exc)))
+        "does, on Linux as root) or point DOCKER_HOST at one." % (where, short_error(exc)))
 
 
-def _short(exc):
+def short_error(exc):
+    """The last line of an exception's text, for one-line messages."""
     text = str(exc).strip().splitlines()
     return text[-1][:200] if text else type(exc).__name__
 

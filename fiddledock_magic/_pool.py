@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 
+from ._engine import short_error as _short
 from ._instance import connection_alive
 from ._spec import POOL_PREFIX, pool_container_name
 
@@ -321,8 +322,3 @@ class Pool:
             self.errors.append((time.time(), text))
             self._error_count += 1
             self._settled.notify_all()
-
-
-def _short(exc):
-    text = str(exc).strip().splitlines()
-    return (text[-1][:200] if text else type(exc).__name__)

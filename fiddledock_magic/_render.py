@@ -13,11 +13,12 @@ import codecs
 import sys
 import time
 
+from fiddledock_agent.protocol import METADATA_KEY
+
 from ._instance import CellHandler
 from ._safety import safe_bundle
 
 FLUSH_INTERVAL = 0.05  # seconds between forced flushes
-RESERVED = "fiddledock"  # metadata key the agent uses for display ids and clear_output
 DISPLAY_ID_PREFIX = "fiddledock-"
 
 
@@ -96,7 +97,7 @@ class CellRenderer(CellHandler):
         from IPython.display import clear_output, publish_display_data
         self.flush()
         metadata = dict(metadata or {})
-        control = metadata.pop(RESERVED, None)
+        control = metadata.pop(METADATA_KEY, None)
         control = control if isinstance(control, dict) else {}
         if control.get("clear"):
             clear_output(wait=bool(control.get("wait")))
@@ -114,7 +115,7 @@ class CellRenderer(CellHandler):
 
     def result(self, data, metadata):
         metadata = dict(metadata or {})
-        metadata.pop(RESERVED, None)
+        metadata.pop(METADATA_KEY, None)
         self.value = ContainerValue(*safe_bundle(data, metadata))
 
     def notice(self, text):

@@ -70,6 +70,9 @@ import json
 import struct
 
 VERSION = 1
+# Key in a display's metadata reserved for FiddleDock's own controls (display
+# ids, clear_output); the client strips it before anything reaches the page.
+METADATA_KEY = "fiddledock"
 HEADER = struct.Struct(">II")
 MAX_HEADER = 64 * 1024 * 1024
 MAX_PAYLOAD = 256 * 1024 * 1024

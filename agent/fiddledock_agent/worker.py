@@ -392,7 +392,7 @@ class Worker:
                 continue
 
 
-RESERVED = "fiddledock"  # metadata key for display ids and clear_output
+RESERVED = protocol.METADATA_KEY
 # Rich output is bounded like streams are: one bundle must fit a frame header
 # (protocol.MAX_HEADER), and a display loop must not flood the notebook.
 MAX_BUNDLE = 16 << 20
