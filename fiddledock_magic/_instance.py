@@ -116,6 +116,17 @@ class _InterruptLatch:
             signal.signal(signal.SIGINT, self._hit)
 
 
+def _next_of(conn, kinds, timeout):
+    """The header of the next frame of one of kinds within timeout s; None if none came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = conn.recv(timeout=max(0.0, deadline - time.monotonic()))
+        if frame is None:
+            return None
+        if frame[0].get("type") in kinds:
+            return frame[0]
+
+
 class Instance:
     """One instance: its container and, once connected, its agent."""
 
@@ -187,17 +198,23 @@ class Instance:
                   payload)
 
     def _wait(self, conn, kinds):
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while True:
-            try:
-                frame = conn.recv(timeout=max(0.0, deadline - time.monotonic()))
-            except ConnectionClosed:
-                raise InstanceLost(self.name, self._why_dead(conn)) from None
-            if frame is None:
-                raise AgentError("instance %r: the agent did not answer within %d s"
-                                 % (self.name, BOOT_TIMEOUT))
-            if frame[0].get("type") in kinds:
-                return frame[0]
+        try:
+            header = _next_of(conn, kinds, BOOT_TIMEOUT)
+        except ConnectionClosed:
+            raise InstanceLost(self.name, self._why_dead(conn)) from None
+        if header is None:
+            raise AgentError("instance %r: the agent did not answer within %d s"
+                             % (self.name, BOOT_TIMEOUT))
+        return header
+
+    def hello(self, passive=False, timeout=PROBE_TIMEOUT):
+        """The agent's ``ready`` header, or None without an answer in time.
+
+        ``passive``: a status look that does not count as use (idle timeout).
+        """
+        conn = self.connection
+        conn.send({"type": "hello", "passive": True} if passive else {"type": "hello"})
+        return _next_of(conn, ("ready",), timeout)
 
     def _why_dead(self, conn=None):
         info = self.engine.inspect(self.container_id)
@@ -332,16 +349,12 @@ class Instance:
             conn = self.connection
             if not connection_alive(conn):
                 return None
-            conn.send({"type": "hello", "passive": True})
-            deadline = time.monotonic() + PROBE_TIMEOUT
-            while True:
-                frame = conn.recv(timeout=max(0.0, deadline - time.monotonic()))
-                if frame is None:
-                    return None
-                if frame[0].get("type") == "ready":
-                    if frame[0].get("notice"):  # the agent hands it out once
-                        self.pending_notice = frame[0]["notice"]
-                    return "busy" if frame[0].get("busy") else "idle"
+            header = self.hello(passive=True)
+            if header is None:
+                return None
+            if header.get("notice"):  # the agent hands it out once
+                self.pending_notice = header["notice"]
+            return "busy" if header.get("busy") else "idle"
         except (ConnectionClosed, AgentError, OSError):
             return None
         finally:

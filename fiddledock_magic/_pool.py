@@ -287,14 +287,8 @@ class Pool:
         alive = []
         for entry in due:
             try:
-                entry.inst.connection.send({"type": "hello"})
-                deadline = time.monotonic() + 5.0
-                while True:
-                    frame = entry.inst.connection.recv(timeout=max(0.0, deadline - time.monotonic()))
-                    if frame is None:
-                        raise OSError("no answer")
-                    if frame[0].get("type") == "ready":
-                        break
+                if entry.inst.hello(timeout=5.0) is None:
+                    raise OSError("no answer")
                 entry.last_used = time.monotonic()
                 alive.append(entry)
             except Exception:

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from conftest import missing
+
 CHROMIUM = os.environ.get("FIDDLEDOCK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -58,12 +59,6 @@ _LAB_SETTINGS = {
 _LAB_CONFIG = {"LabApp": {"news_url": None, "extension_manager": "readonly",
                           "check_for_updates_class": "jupyterlab.NeverCheckForUpdate"},
                "ServerApp": {"terminals_enabled": False}}
-
-
-def _missing(message):
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def free_port():
@@ -267,7 +262,7 @@ def lab_server(tmp_path_factory):
     try:
         import jupyterlab  # noqa: F401
     except ImportError:
-        _missing("JupyterLab is not installed (pip install -e '.[test]')")
+        missing("JupyterLab is not installed (pip install -e '.[test]')")
     server = LabServer(tmp_path_factory.mktemp("jupyterlab"))
     server.start()
     yield server
@@ -279,9 +274,9 @@ def chromium():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("Playwright is not installed (pip install -e '.[test]')")
+        missing("Playwright is not installed (pip install -e '.[test]')")
     if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        _missing("Chromium not found at %s; run scripts/ensure-browser.sh" % CHROMIUM)
+        missing("Chromium not found at %s; run scripts/ensure-browser.sh" % CHROMIUM)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                      headless=True)

@@ -8,7 +8,7 @@ import docker
 import pytest
 from IPython.core.error import UsageError
 
-from conftest import IN_CI, _remove_scope
+from conftest import _remove_scope, missing
 from fiddledock_magic import InstanceNotFound
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._spec import InstanceSpec, container_name
@@ -292,10 +292,7 @@ def _runsc_registered(client):
 
 def test_runsc_instance_runs_under_gvisor(shell, scoped, line, run, docker_client):
     if not _runsc_registered(docker_client):
-        message = "runsc is not registered with the engine (scripts/ensure-engine.sh --with-runsc)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("runsc is not registered with the engine (scripts/ensure-engine.sh --with-runsc)")
     line("create gv --runtime runsc")
     assert inspect(docker_client, "gv", scoped)["HostConfig"]["Runtime"] == "runsc"
     _, out, _ = run("import platform\nx = 5\nprint(platform.release())", "gv")
