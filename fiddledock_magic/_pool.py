@@ -137,10 +137,6 @@ class Pool:
         with self._lock:
             return len(self._ready)
 
-    def container_ids(self):
-        with self._lock:
-            return [e.inst.container_id for e in self._ready]
-
     def take(self, key, name, cname):
         """A booted instance for settings ``key``, renamed to ``cname``; or None."""
         with self._lock:

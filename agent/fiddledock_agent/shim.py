@@ -67,9 +67,6 @@ class DisplayObject:
             with open(filename, "rb" if self.binary else "r") as f:
                 self.data = f.read()
 
-    def _meta(self):
-        return dict(self.metadata) if self.metadata else None
-
     def __repr__(self):
         return "<%s.%s object>" % ("IPython.core.display", type(self).__name__)
 
