@@ -15,6 +15,7 @@ from ._errors import FiddleDockError
 
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/sandbox"
+AGENT_CAPS = ("SETUID", "SETGID", "KILL")  # what root in an instance may still do
 NETWORKS = ("none", "bridge")
 RUNTIMES = ("runc", "runsc")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -198,6 +199,10 @@ class InstanceSpec:
         host_config = {
             "network_mode": self.network,
             "cap_drop": ["ALL"],
+            # Only root in the container has them (the agent, and the exec'd
+            # file helpers and channel relays, which drop to the sandbox uid
+            # for file access); uid 1000, the cell's, gets none.
+            "cap_add": list(AGENT_CAPS),
             "security_opt": ["no-new-privileges"],
             "read_only": True,
             "tmpfs": {
