@@ -19,6 +19,12 @@ def bootstrap_source():
 
 
 @functools.lru_cache(maxsize=None)
+def relay_source():
+    """The text a client runs with docker exec to get its channel to the agent."""
+    return (agent_dir() / "relay.py").read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=None)
 def boot_payload():
     """``(module order, JSON payload of the sources)`` for the boot frame."""
     sources = {name: (agent_dir() / ("%s.py" % name)).read_text("utf-8") for name in MODULES}

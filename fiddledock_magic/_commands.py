@@ -36,7 +36,9 @@ def build_parser():
     delete.add_argument("name", nargs="?")
     delete.add_argument("--all", action="store_true")
     for cmd, text in (("restart", "New container, same settings; state is lost."),
-                      ("reset", "Fresh namespace in the same container."),
+                      ("reset", "Fresh namespace in the same container (ends a running cell)."),
+                      ("interrupt", "KeyboardInterrupt in the cell running in NAME, "
+                                    "also another kernel's."),
                       ("use", "Make NAME the default for a bare %%dockerrun.")):
         p = sub.add_parser(cmd, help=text, add_help=False)
         p.add_argument("name")
@@ -164,8 +166,15 @@ class LineCommands:
         print("restarted instance %r (new container, state lost)" % args.name)
 
     def cmd_reset(self, args):
-        self.manager.reset(args.name)
-        print("reset instance %r (fresh namespace)" % args.name)
+        ended = self.manager.reset(args.name)
+        print("reset instance %r (fresh namespace)%s" % (args.name, _whose(ended, "ended")))
+
+    def cmd_interrupt(self, args):
+        stopped = self.manager.interrupt(args.name)
+        if stopped is None:
+            print("instance %r was not running a cell" % args.name)
+        else:
+            print("interrupted instance %r%s" % (args.name, _whose(stopped, "interrupted")))
 
     def cmd_use(self, args):
         self.manager.config.default_instance = check_name(args.name)
@@ -207,6 +216,17 @@ class LineCommands:
         # Returned, not displayed: the cell shows it, and `p = %dockerrun panel` keeps it.
         from ._panel import panel_for
         return panel_for(self.manager, _shell())
+
+
+def _whose(cell, verb):
+    """'; <verb> the cell of <owner> (running for N s)', from the agent's report."""
+    if not cell:
+        return ""
+    from ._errors import plain_text
+    seconds = cell.get("seconds")
+    since = (" (running for %d s)" % seconds) if isinstance(seconds, (int, float)) else ""
+    return "; %s the cell of %s%s" % (verb, plain_text(cell.get("owner")) or "another kernel",
+                                       since)
 
 
 def _shell():

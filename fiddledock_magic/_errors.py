@@ -49,13 +49,28 @@ class InstanceConflict(FiddleDockError):
     """The request clashes with an existing instance (e.g. another image)."""
 
 
-class InstanceBusy(FiddleDockError):
-    """Another client's cell is running in the instance."""
+def plain_text(value, limit=200):
+    """Text a container sent, safe to print: control characters out, length capped."""
+    text = value if isinstance(value, str) else ""
+    text = "".join(c if c.isprintable() else "?" for c in text[:limit])
+    return text
 
-    def __init__(self, name):
+
+class InstanceBusy(FiddleDockError):
+    """Another client's cell is running in the instance.
+
+    ``owner``: who runs it, as that client described itself; ``seconds``:
+    for how long (both as the agent reported them, None if unknown).
+    """
+
+    def __init__(self, name, owner=None, seconds=None):
         self.name = name
-        super().__init__("instance %r is busy running a cell from another client; "
-                         "try again when it has finished" % name)
+        self.owner = plain_text(owner) or None
+        self.seconds = seconds if isinstance(seconds, (int, float)) else None
+        since = " for %d s" % self.seconds if self.seconds is not None else ""
+        super().__init__("instance %r is busy: %s has been running a cell in it%s. Wait for "
+                         "it to finish, or stop that cell with %%dockerrun interrupt %s"
+                         % (name, self.owner or "another kernel", since, name))
 
 
 class InstanceLost(FiddleDockError):

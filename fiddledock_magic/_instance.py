@@ -7,19 +7,34 @@ creating and removing instances is ``_manager.InstanceManager``'s job.
 """
 
 import contextlib
+import getpass
 import itertools
+import os
 import signal
+import socket
 import threading
 import time
 
-from ._agent_files import boot_payload
-from ._errors import AgentError, InstanceBusy, InstanceLost
+from ._agent_files import boot_payload, relay_source
+from ._errors import AgentError, InstanceBusy, InstanceLost, plain_text
 from ._protocol import VERSION, AgentConnection, ConnectionClosed
 
 DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
 AGENT_SLACK = 10.0  # beyond the agent's own escalation, before it counts as wedged
 BOOT_TIMEOUT = 60.0  # python start under gVisor on a loaded machine can be slow
 PROBE_TIMEOUT = 2.0  # a status probe of an idle agent answers in well under 1 ms
+STOP_SETTLE = 2.0  # how long a container whose channel ended may take to show as stopped
+CONTROL_TIMEOUT = 15.0  # a forced reset ends a cell first: the agent's kill wait, and more
+AGENT_USER = "0"  # relays run as the agent's uid: the only peers it accepts
+
+
+def client_description():
+    """Who this client is, as other kernels are told when its cell blocks them."""
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return "the kernel with pid %d on %s (user %s)" % (os.getpid(), socket.gethostname(), user)
 
 
 class CellHandler:
@@ -45,20 +60,9 @@ class CellHandler:
 
 
 def connection_alive(conn):
-    """Whether an open connection still reaches its agent, without waiting.
-
-    Frames waiting for us between cells are stale (e.g. from an interrupted
-    cell) and are dropped; an ended stream means the container stopped.
-    """
-    if conn is None or conn.closed:
-        return False
-    try:
-        while conn.recv(timeout=0) is not None:
-            pass
-    except (ConnectionClosed, AgentError, OSError):
-        conn.closed = True
-        return False
-    return True
+    """Whether an open connection still reaches its agent, without waiting
+    (stale frames dropped, a bounded amount: see ``AgentConnection.drain``)."""
+    return conn is not None and conn.drain()
 
 
 def describe_stop(state):
@@ -169,21 +173,17 @@ class Instance:
         """
         if self.connection is not None and not self.connection.closed:
             return None
-        sock, keepalive = self.engine.attach(self.container_id)
-        conn = AgentConnection(sock, keepalive)
-        try:
-            if fresh:
-                self.engine.start(self.container_id)
+        if fresh:
+            self.engine.start(self.container_id)
+        conn, header = self._open_channel()
+        if header["type"] == "need_boot":
+            try:
                 self._boot(conn)
-            conn.send({"type": "hello"})
-            header = self._wait(conn, ("ready", "need_boot"))
-            if header["type"] == "need_boot":
-                self._boot(conn)
-                conn.send({"type": "hello"})
+                conn.send({"type": "hello", "who": client_description()})
                 header = self._wait(conn, ("ready",))
-        except BaseException:
-            conn.close()
-            raise
+            except BaseException:
+                conn.close()
+                raise
         if header.get("version") != VERSION:
             conn.close()
             raise AgentError("instance %r runs agent protocol %s, this FiddleDock speaks %s; "
@@ -191,6 +191,45 @@ class Instance:
                              % (self.name, header.get("version"), VERSION, self.name))
         self.connection = conn
         return header.get("notice")
+
+    def _open_channel(self, passive=False):
+        """A channel of our own to the agent (an exec'd relay), greeted:
+        ``(connection, the 'ready' or 'need_boot' header)``."""
+        sock, keepalive = self.engine.exec_socket(
+            self.container_id, ["python3", "-I", "-S", "-c", relay_source(), str(BOOT_TIMEOUT)],
+            user=AGENT_USER)[1:]
+        conn = AgentConnection(sock, keepalive)
+        try:
+            hello = {"type": "hello", "who": client_description()}
+            if passive:
+                hello["passive"] = True
+            conn.send(hello)
+            return conn, self._wait(conn, ("ready", "need_boot"))
+        except BaseException:
+            conn.close()
+            raise
+
+    def control(self, request, timeout=CONTROL_TIMEOUT):
+        """One request over a channel of its own; the agent's answer header.
+
+        For acting on a cell another client (or this kernel's main thread)
+        runs: a forced ``interrupt`` or ``reset``. Never waits on ``lock``.
+        """
+        conn, header = self._open_channel(passive=True)
+        try:
+            if header["type"] == "need_boot":
+                raise AgentError("instance %r has no agent running" % self.name)
+            conn.send(request)
+            try:
+                answer = _next_of(conn, ("ready", "busy", "interrupted"), timeout)
+            except ConnectionClosed:
+                raise InstanceLost(self.name, self._why_dead(conn)) from None
+            if answer is None:
+                raise AgentError("instance %r: the agent did not answer within %d s"
+                                 % (self.name, timeout))
+            return answer
+        finally:
+            conn.close()
 
     def _boot(self, conn):
         modules, payload = boot_payload()
@@ -213,15 +252,28 @@ class Instance:
         ``passive``: a status look that does not count as use (idle timeout).
         """
         conn = self.connection
-        conn.send({"type": "hello", "passive": True} if passive else {"type": "hello"})
+        hello = {"type": "hello", "who": client_description()}
+        if passive:
+            hello["passive"] = True
+        conn.send(hello)
         return _next_of(conn, ("ready",), timeout)
 
     def _why_dead(self, conn=None):
-        info = self.engine.inspect(self.container_id)
-        reason = describe_stop(info and info.get("State"))
+        # The channel can end a moment before the engine marks the container stopped.
+        deadline = time.monotonic() + STOP_SETTLE
+        while True:
+            info = self.engine.inspect(self.container_id)
+            state = info and info.get("State")
+            if not (state and state.get("Running")) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if state and state.get("Running"):
+            reason = "the connection to its agent ended while its container still runs"
+        else:
+            reason = describe_stop(state)
         detail = bytes(conn.agent_stderr).decode("utf-8", "replace").strip() if conn else ""
         if detail:
-            reason += ": " + detail.splitlines()[-1][:300]
+            reason += ": " + plain_text(detail.splitlines()[-1], 300)
         return reason
 
     def disconnect(self):
@@ -311,7 +363,7 @@ class Instance:
             with latch.paused():  # the frontend's own input wait must see it
                 self._answer(handler, header)
         elif kind == "busy":
-            raise InstanceBusy(self.name)
+            raise InstanceBusy(self.name, header.get("owner"), header.get("seconds"))
         elif kind == "done":
             return True
         return False
@@ -333,13 +385,12 @@ class Instance:
             conn.send({"type": "reset"})
             header = self._wait(conn, ("ready", "busy"))
             if header["type"] == "busy":
-                raise InstanceBusy(self.name)
+                raise InstanceBusy(self.name, header.get("owner"), header.get("seconds"))
 
     def probe(self):
         """'idle' or 'busy' from the agent, without counting as use; None if unknown.
 
-        A cell of this kernel running is 'busy' without asking; the drainer
-        holds the lock only for a moment.
+        A cell of this kernel running is 'busy' without asking.
         """
         if self.running_cell:
             return "busy"

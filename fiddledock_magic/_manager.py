@@ -11,15 +11,14 @@ import concurrent.futures
 import functools
 import getpass
 import os
-import select
 import socket
 import threading
 
 from . import _image
 from ._agent_files import bootstrap_source
 from ._engine import LABEL, Engine
-from ._errors import ImageNotFound, InstanceConflict, InstanceNotFound
-from ._instance import Instance, connection_alive, describe_stop
+from ._errors import ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
+from ._instance import Instance, client_description, describe_stop
 from ._spec import (InstanceSpec, InvalidSetting, check_name, container_name,
                     instance_name, is_pool_container_name, scope_id)
 from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
@@ -33,58 +32,6 @@ def _owner():
     except Exception:
         user = str(os.getuid())
     return "%s@%s" % (user, socket.gethostname())
-
-
-class _Drainer:
-    """Reads this kernel's idle connections so that another client never stalls.
-
-    Docker copies a container's stdout to every attached client in turn: one
-    that does not read (this kernel between its cells) blocks, once its socket
-    buffer is full, the output of a cell another kernel runs in the same
-    instance -- and that cell's end. Frames that arrive between our cells are
-    not ours (or stale) and are dropped. A daemon thread that never writes.
-    """
-
-    INTERVAL = 0.5  # how soon a connection whose cell just ended is watched again
-
-    def __init__(self, manager):
-        self.manager = manager
-        self._stop = threading.Event()
-        self._thread = None
-
-    def ensure(self):
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="fiddledock-drain",
-                                            daemon=True)
-            self._thread.start()
-
-    def stop(self):
-        self._stop.set()
-
-    def _run(self):
-        while not self._stop.is_set():
-            watch = {}
-            for inst in list(self.manager.instances.values()):
-                conn = inst.connection
-                if conn is not None and not conn.closed and inst.idle():
-                    watch[conn.sock] = inst
-            if not watch:
-                self._stop.wait(self.INTERVAL)
-                continue
-            try:
-                readable, _, _ = select.select(list(watch), [], [], self.INTERVAL)
-            except (OSError, ValueError):  # a socket was closed meanwhile
-                self._stop.wait(0.05)
-                continue
-            for sock in readable:
-                inst = watch[sock]
-                if inst.lock.acquire(blocking=False):  # else a cell started: it reads
-                    try:
-                        if inst.connection is not None and inst.connection.sock is sock:
-                            connection_alive(inst.connection)
-                    finally:
-                        inst.lock.release()
 
 
 def _serialized(method):
@@ -111,7 +58,6 @@ class InstanceManager:
         self.engine = engine or Engine()
         self.instances = {}  # name -> Instance, connected in this kernel
         self._changes = threading.RLock()  # see _serialized
-        self.drainer = _Drainer(self)
         self.pool = Pool(self)
         if config.pool_size:
             self.pool.resize(config.pool_size)
@@ -199,7 +145,6 @@ class InstanceManager:
         if text:
             notice(text)
         self.instances[name] = inst
-        self.drainer.ensure()
         return inst
 
     @_serialized
@@ -219,7 +164,6 @@ class InstanceManager:
             self._ensure_image(spec.image, progress)
             inst = self.start_container(cname, name, spec, self.labels(name))
         self.instances[name] = inst
-        self.drainer.ensure()
         return inst
 
     def start_container(self, cname, name, spec, labels, engine=None):
@@ -310,9 +254,42 @@ class InstanceManager:
         return self.create(name, spec, progress=progress)
 
     @_serialized
-    def reset(self, name):
-        self.find(name)  # reset never creates
-        self.get(name).reset()
+    def reset(self, name, reason=None):
+        """A fresh namespace in the same container.
+
+        A cell running there is ended first (another kernel's, or this
+        kernel's when the panel asks): returns ``{"owner", "seconds"}`` of
+        that cell as the agent reported it, or None when none ran.
+        """
+        info = self.find(name)  # reset never creates
+        inst = self.instances.get(name)
+        if inst is None or inst.idle():
+            inst = self.get(name)
+            if inst.lock.acquire(blocking=False):
+                try:
+                    inst.reset()
+                    return None
+                except InstanceBusy:
+                    pass  # another kernel's cell: ended below
+                finally:
+                    inst.lock.release()
+        elif inst.container_id != info["Id"]:
+            inst = Instance(self, name, info)
+        answer = inst.control({"type": "reset", "force": True,
+                               "reason": reason or "the instance was reset by %s"
+                               % client_description()})
+        return answer.get("ended")
+
+    def interrupt(self, name):
+        """KeyboardInterrupt in the cell running in instance name, whoever started it.
+
+        Returns ``{"owner", "seconds"}`` of that cell, or None if none ran.
+        """
+        info = self.find(name)
+        if not info["State"].get("Running"):
+            return None
+        answer = Instance(self, name, info).control({"type": "interrupt", "force": True})
+        return answer if answer.get("owner") else None
 
     @_serialized
     def cleanup(self, all_scopes=False):
@@ -404,7 +381,6 @@ class InstanceManager:
         self.instances.clear()
 
     def close(self):
-        self.drainer.stop()
         self.pool.close()
         self.disconnect_all()
 

@@ -1,13 +1,15 @@
-"""The client side of the agent protocol, over a Docker attach socket.
+"""The client side of the agent protocol, over one exec'd relay's streams.
 
 Framing and message types are defined once, in ``fiddledock_agent.protocol``
 (documented there). This module adds what only the client needs: taking
 Docker's stream multiplexing apart and waiting for frames with a deadline.
+Each connection is this client's own byte stream to the agent (see the
+transport section there), so nothing another client sends can reach it.
 """
 
 import select
 import socket
-import uuid
+import threading
 
 from fiddledock_agent.protocol import VERSION, FrameReader, ProtocolError, encode
 
@@ -18,6 +20,7 @@ __all__ = ["AgentConnection", "VERSION", "ProtocolError"]
 
 STDOUT, STDERR = 1, 2
 _STDERR_KEEP = 8192
+STALE_MAX = 256 * 1024  # bytes a connection may have waiting between cells
 
 
 class ConnectionClosed(AgentError):
@@ -27,15 +30,15 @@ class ConnectionClosed(AgentError):
 class AgentConnection:
     """Frames to and from one container's agent.
 
-    ``sock`` is the raw socket of an attach request with stdin, stdout and
-    stderr (no TTY), so Docker prefixes each chunk with an 8-byte header
-    naming the stream. The agent's frames come on stdout; its stderr is kept
-    (the last few KB) to explain a crash.
+    ``sock`` is the raw socket of an exec with stdin, stdout and stderr (no
+    TTY), so Docker prefixes each chunk with an 8-byte header naming the
+    stream. The agent's frames come on stdout; stderr (the relay's) is kept,
+    the last few KB, to explain a failure.
     """
 
     def __init__(self, sock, keepalive=None):
         self.sock = sock
-        self.client_id = uuid.uuid4().hex[:12]
+        self._send_lock = threading.Lock()  # a control request may come from another thread
         self._mux = StreamDemux()
         self._frames = FrameReader()
         self._ready = []
@@ -44,25 +47,19 @@ class AgentConnection:
         self.closed = False
 
     def send(self, header, payload=b""):
-        header = dict(header)
-        header["from"] = self.client_id
+        data = encode(header, payload)
         try:
-            self.sock.sendall(encode(header, payload))
+            with self._send_lock:
+                self.sock.sendall(data)
         except OSError as exc:
             self.closed = True
             raise ConnectionClosed("cannot write to the container: %s" % exc)
 
     def recv(self, timeout=None):
-        """The next frame addressed to us, or None when timeout passes.
-
-        Events addressed to other clients of the same instance are skipped.
-        """
+        """The next frame, or None when timeout passes."""
         while True:
-            while self._ready:
-                header, payload = self._ready.pop(0)
-                to = header.get("to")
-                if to is None or to == self.client_id:
-                    return header, payload
+            if self._ready:
+                return self._ready.pop(0)
             if self.closed:
                 raise ConnectionClosed("the container's stream ended")
             if timeout is not None:
@@ -81,6 +78,32 @@ class AgentConnection:
                 raise ConnectionClosed("the container's stream ended")
             self._demux(data)
 
+    def drain(self, limit=STALE_MAX):
+        """Drop what waits between cells; False if the stream ended.
+
+        Frames waiting between cells are stale (e.g. of a cell this kernel
+        gave up on). More than ``limit`` bytes of them is an agent flooding us
+        between cells: the connection is closed rather than read on.
+        """
+        taken = 0
+        try:
+            while not self.closed:
+                self._ready.clear()
+                readable, _, _ = select.select([self.sock], [], [], 0)
+                if not readable:
+                    return True
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    break
+                taken += len(data)
+                if taken > limit:
+                    break
+                self._demux(data)
+        except (AgentError, OSError, ValueError):
+            pass
+        self.close()
+        return False
+
     def _demux(self, data):
         for stream, chunk in self._mux.feed(data):
             if stream == STDOUT:
@@ -97,3 +120,4 @@ class AgentConnection:
     def close(self):
         self.closed = True
         close_quietly(self.sock, self._keepalive)
+

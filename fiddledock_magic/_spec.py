@@ -187,11 +187,13 @@ class InstanceSpec:
         config = {
             "image": self.image,
             "command": command,
-            "user": "%d:%d" % (SANDBOX_UID, SANDBOX_UID),
+            # The agent runs as root (with AGENT_CAPS only) and runs cells as
+            # SANDBOX_UID, which cannot reach it.
+            "user": "0:0",
             "working_dir": SANDBOX_HOME,
             "environment": env,
             "labels": all_labels,
-            "stdin_open": True,
+            "stdin_open": False,  # clients come through their own exec'd relays
             "tty": False,
             "detach": True,
         }

@@ -95,11 +95,15 @@ class Kernel:
         self.km, self.kc = start_new_kernel(kernel_name="python3", env=kenv)
         self.execute("%load_ext fiddledock_magic")
 
-    def execute(self, code, timeout=60, allow_stdin=False, stdin_handler=None):
-        """Run code; returns (reply content, [(arrival time, iopub msg)])."""
+    def execute(self, code, timeout=60, allow_stdin=False, stdin_handler=None, collect=None):
+        """Run code; returns (reply content, [(arrival time, iopub msg)]).
+
+        ``collect``: a list the iopub messages are appended to as they come,
+        for another thread to watch a running cell.
+        """
         kc = self.kc
         msg_id = kc.execute(code, allow_stdin=allow_stdin)
-        msgs = []
+        msgs = [] if collect is None else collect
         deadline = time.monotonic() + timeout
         idle = False
         reply = None
@@ -130,6 +134,11 @@ class Kernel:
                 idle = True
         return reply, msgs
 
+    @property
+    def pid(self):
+        """The kernel process's pid."""
+        return self.km.provisioner.process.pid
+
     def shutdown(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
@@ -138,6 +147,45 @@ class Kernel:
 def stream_text(msgs, name="stdout"):
     return "".join(m["content"]["text"] for _, m in msgs
                    if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+
+def new_scope():
+    """A scope (notebook) of its own, for kernels that must share or not share one."""
+    return "pytest-life-%s" % uuid.uuid4().hex[:8]
+
+
+def ok(reply):
+    assert reply["status"] == "ok", reply.get("traceback") or reply
+    return reply
+
+
+def one_line_error(reply, ename):
+    """The kernel's error reply: one line naming what happened, no Python traceback."""
+    assert reply["status"] == "error", reply
+    assert reply["ename"] == ename, reply
+    assert len(reply["traceback"]) == 1, reply["traceback"]
+    return reply["evalue"]
+
+
+@pytest.fixture
+def kernels(docker_client, default_image):
+    """kernels(scope=None, env=None) -> a real kernel; all shut down and cleaned after."""
+    made = []
+
+    def _make(scope=None, env=None):
+        scope = scope or new_scope()
+        k = Kernel(scope, env)
+        k.scope = scope
+        made.append(k)
+        return k
+    yield _make
+    for k in made:
+        try:
+            k.shutdown()
+        except Exception:
+            pass
+    for scope in {k.scope for k in made}:
+        _remove_scope(docker_client, scope)
 
 
 @pytest.fixture

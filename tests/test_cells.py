@@ -161,7 +161,7 @@ def test_output_streams_while_the_cell_runs(kernel):
     code = "%%dockerrun\nimport time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')"
     kernel.execute("%%dockerrun\npass", timeout=120)  # create the instance first
     reply, msgs = kernel.execute(code)
-    assert reply["status"] == "ok"
+    assert reply["status"] == "ok", reply
     streams = [(t, m["content"]["text"]) for t, m in msgs if m["msg_type"] == "stream"]
     first = [t for t, text in streams if "first" in text]
     second = [t for t, text in streams if "second" in text]

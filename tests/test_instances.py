@@ -120,7 +120,9 @@ def test_hardened_defaults_through_the_docker_api(shell, scoped, run, docker_cli
     host = info["HostConfig"]
     assert host["NetworkMode"] == "none"
     assert host["Privileged"] is False
-    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    # root in the container (the agent, and the relays and file helpers it
+    # accepts) keeps only these; the cell runs as uid 1000 with none (above)
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
     assert "no-new-privileges" in host["SecurityOpt"]
     assert host["ReadonlyRootfs"] is True
     assert host["Memory"] == host["MemorySwap"] == 512 * MiB
@@ -130,7 +132,8 @@ def test_hardened_defaults_through_the_docker_api(shell, scoped, run, docker_cli
     assert host["LogConfig"]["Type"] == "none"
     assert not host["Binds"] and info["Mounts"] == []     # no host folders, no docker.sock
     assert not host.get("Devices")
-    assert info["Config"]["User"] == "1000:1000"
+    assert info["Config"]["User"] == "0:0"  # the agent; it runs cells as 1000 (above)
+    assert info["Config"]["OpenStdin"] is False  # clients come through exec'd relays
     # The environment: only what FiddleDock sets and what the image declares.
     keys = {item.split("=", 1)[0] for item in info["Config"]["Env"]}
     spec_env, _ = InstanceSpec(image=default_image).container_config([], {})

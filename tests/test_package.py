@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import uuid
 import zipfile
 
 import pytest
@@ -53,22 +54,31 @@ def test_garbage_is_a_protocol_error():
 
 
 def test_agent_runs_locally_over_pipes():
-    """The agent speaks the protocol over plain pipes (no Docker needed)."""
-    from fiddledock_magic._agent_files import boot_payload, bootstrap_source
-    proc = subprocess.Popen([sys.executable, "-c", bootstrap_source()],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    modules, payload = boot_payload()
-    proc.stdin.write(protocol.encode({"type": "boot", "modules": modules, "config": {}}, payload))
-    proc.stdin.write(protocol.encode({"type": "execute", "from": "c", "id": 1}, b"print(40 + 2)"))
-    proc.stdin.flush()
-    reader = protocol.FrameReader()
-    events = []
-    while not events or events[-1][0] != "done":
-        reader.feed(proc.stdout.read1(65536))
-        events.extend((h["type"], p) for h, p in reader.frames())
-    proc.stdin.write(protocol.encode({"type": "shutdown", "from": "c"}))
-    proc.stdin.close()
-    assert proc.wait(timeout=10) == 0
+    """The agent speaks the protocol to a relay's pipes (no Docker needed)."""
+    from fiddledock_magic._agent_files import boot_payload, bootstrap_source, relay_source
+    address = "@fiddledock-test-%s" % uuid.uuid4().hex
+    agent = subprocess.Popen([sys.executable, "-c", bootstrap_source(), address],
+                             stdin=subprocess.DEVNULL)
+    relay = subprocess.Popen([sys.executable, "-I", "-S", "-c", relay_source(), "10", address],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        modules, payload = boot_payload()
+        relay.stdin.write(protocol.encode({"type": "boot", "modules": modules, "config": {}},
+                                          payload))
+        relay.stdin.write(protocol.encode({"type": "execute", "id": 1}, b"print(40 + 2)"))
+        relay.stdin.flush()
+        reader = protocol.FrameReader()
+        events = []
+        while not events or events[-1][0] != "done":
+            reader.feed(relay.stdout.read1(65536))
+            events.extend((h["type"], p) for h, p in reader.frames())
+        relay.stdin.write(protocol.encode({"type": "shutdown"}))
+        relay.stdin.close()
+        assert agent.wait(timeout=10) == 0
+        assert relay.wait(timeout=10) == 0  # it stays while the agent serves it
+    finally:
+        agent.kill()
+        relay.kill()
     assert events == [("stream", b"42\n"), ("done", b"")]
 
 
@@ -78,7 +88,7 @@ def test_wheel_ships_the_agent_and_the_image(tmp_path):
                     "-q", "-w", str(tmp_path), root], check=True)
     wheel = next(tmp_path.glob("fiddledock_magic-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for module in list(MODULES) + ["bootstrap", "__init__"]:
+    for module in list(MODULES) + ["bootstrap", "relay", "__init__"]:
         assert "fiddledock_agent/%s.py" % module in names
     assert "fiddledock_magic/_image_context/Dockerfile" in names
 

@@ -1,31 +1,102 @@
-# Receives the agent's sources over stdin and starts it.
+# Receives the agent's sources from the first client and starts it.
 #
-# The client runs this file's text as `python3 -c <text>`, so an image needs
-# nothing but a Python 3.8+: the agent arrives as source (a read-only root
-# filesystem takes no files). Until a `boot` frame comes, any other frame is
-# answered with `need_boot`. Framing: see protocol.py.
-import json, os, struct, sys, types
+# The client runs this file's text as the container's main process,
+# `python3 -c <text> [ADDRESS]`, so an image needs nothing but a Python 3.8+:
+# the agent arrives as source (a read-only root filesystem takes no files).
+# It listens on the agent's abstract unix socket; a client's relay (relay.py,
+# exec'd as the same uid) hands over its stdin and stdout there, then stays
+# until that connection closes (the engine ends an exec's streams soon after
+# its process exits). Until a `boot` frame comes, any other frame is answered
+# with `need_boot`.
+# Framing: see protocol.py.
+import array, json, os, socket, struct, sys, types
+
+ADDRESS = sys.argv[1] if len(sys.argv) > 1 else "@fiddledock-agent"
+ADDRESS = "\0" + ADDRESS[1:]  # "@name": an abstract address (argv holds no NUL)
+MAX_BOOT = 64 * 1024 * 1024
 
 
-def _read(n):
+def listen(address):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(address)
+    sock.listen(64)
+    return sock
+
+
+def take_client(listener):
+    """``(connection, (stdin, stdout))`` a relay of our own uid hands over; None if not.
+
+    The connection stays open as long as the client is served: the relay
+    waits for it to close.
+    """
+    conn, _ = listener.accept()
+    fds = None
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        if struct.unpack("3i", creds)[1] != os.getuid():
+            return None  # a cell's process (another uid): never a client
+        conn.settimeout(5.0)
+        _, ancillary, _, _ = conn.recvmsg(16, socket.CMSG_SPACE(8 * 4))
+        fds = array.array("i")
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return None
+        conn.sendall(b"k")  # the fds have arrived
+        conn.settimeout(None)
+        return conn, tuple(fds)
+    except OSError:
+        fds = None
+        return None
+    finally:
+        if fds is None:
+            conn.close()
+
+
+def _read(fd, n):
     data = b""
     while len(data) < n:
-        chunk = os.read(0, n - len(data))
+        chunk = os.read(fd, n - len(data))
         if not chunk:
-            sys.exit(0)
+            raise EOFError
         data += chunk
     return data
 
 
+def _wait_boot(fd_in, fd_out):
+    """The boot frame from this client; None if it left or sent garbage first."""
+    try:
+        while True:
+            hlen, plen = struct.unpack(">II", _read(fd_in, 8))
+            if hlen > MAX_BOOT or plen > MAX_BOOT:
+                return None
+            header = json.loads(_read(fd_in, hlen).decode("utf-8"))
+            payload = _read(fd_in, plen)
+            if isinstance(header, dict) and header.get("type") == "boot":
+                return header, payload
+            reply = json.dumps({"type": "need_boot"}).encode()
+            os.write(fd_out, struct.pack(">II", len(reply), 0) + reply)
+    except (EOFError, OSError, ValueError, RecursionError, struct.error):
+        return None
+
+
 def _boot():
+    listener = listen(ADDRESS)
     while True:
-        hlen, plen = struct.unpack(">II", _read(8))
-        header = json.loads(_read(hlen).decode("utf-8"))
-        payload = _read(plen)
-        if header.get("type") == "boot":
+        client = take_client(listener)
+        if client is None:
+            continue
+        conn, fds = client
+        boot = _wait_boot(*fds)
+        if boot is not None:
             break
-        reply = json.dumps({"type": "need_boot", "to": header.get("from")}).encode()
-        os.write(1, struct.pack(">II", len(reply), 0) + reply)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+    header, payload = boot
     sources = json.loads(payload.decode("utf-8"))
     package = types.ModuleType("fiddledock_agent")
     package.__path__ = []
@@ -37,7 +108,7 @@ def _boot():
         sys.modules[full] = module
         setattr(package, name, module)
         exec(compile(sources[name], module.__file__, "exec"), module.__dict__)
-    sys.modules["fiddledock_agent.supervisor"].main(header)
+    sys.modules["fiddledock_agent.supervisor"].main(header, listener, (conn,) + fds)
 
 
 if __name__ == "__main__":

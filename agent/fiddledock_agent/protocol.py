@@ -2,11 +2,17 @@
 
 Transport
 ---------
-The agent reads requests from the container's stdin and writes events to the
-container's stdout; the client reaches both through the Docker API's attach
-endpoint (no port, no container network). Several clients may be attached at
-once: every request carries the sender's id in ``from`` and every event the
-addressee's id in ``to``; a client ignores events addressed to others.
+The agent is the container's main process (``bootstrap.py`` until it has been
+sent its sources, then ``supervisor.py``), running as root with only the
+capabilities it needs; cells run under the sandbox uid and cannot signal,
+trace or write into it. Each client (a kernel, or a one-off control
+request) gets its own byte stream: it runs ``relay.py`` with ``docker exec``
+as root, and the relay hands its own stdin and stdout over an abstract unix
+socket to the agent (which accepts only peers of its own uid) and exits. The
+agent then reads that client's requests from the exec's stdin and writes its
+events to the exec's stdout, so no client's bytes can ever mix with
+another's, and the end of a client's stream (its kernel died) is seen at
+once. No port, no container network; works against a remote engine.
 
 Frame
 -----
@@ -23,18 +29,25 @@ Requests (client -> agent)
 ``boot``          first frame to a fresh container: payload is a JSON object
                   ``{module name: source}``; header has ``modules`` (load
                   order) and ``config``. Only the bootstrap reads it.
-``hello``         who is there; answered by ``ready``. With ``passive: true``
-                  (a status probe) it does not count as use for idle_timeout.
+``hello``         who is there; answered by ``ready``. ``who``: a short text
+                  naming the client (kernel, host), shown to other clients
+                  whose cells it blocks. With ``passive: true`` (a status
+                  probe) it does not count as use for idle_timeout.
 ``execute``       run a cell. Header: ``id`` (cell id), ``timeout`` (seconds,
                   0 = none), ``reset`` (fresh namespace first),
                   ``output_limit`` (bytes), ``stdin`` (client can answer
                   input()). Payload: the source, UTF-8.
 ``interrupt``     KeyboardInterrupt in the running cell; ``kill: true``
                   escalates one step at once (kill its child processes, then
-                  its worker; see supervisor.py).
+                  its worker; see supervisor.py). Only the cell's own client,
+                  unless ``force: true`` (another kernel stopping it), which
+                  is answered by ``interrupted``.
 ``input_reply``   header ``value`` (str) or ``error`` (str) for a pending
                   ``input_request``.
-``reset``         fresh namespace (new worker process); answered by ``ready``.
+``reset``         fresh namespace (new worker process); answered by ``ready``,
+                  or ``busy`` while a cell runs -- unless ``force: true``:
+                  then the running cell is ended first (its client is told
+                  ``reason``) and ``ready`` has ``ended`` (whose cell).
 ``shutdown``      stop the agent (the container then exits).
 
 Events (agent -> client)
@@ -42,7 +55,10 @@ Events (agent -> client)
 ``need_boot``     the bootstrap is waiting for ``boot``.
 ``ready``         header: ``version``, ``busy`` (a cell is running),
                   ``worker`` (pid), ``notice`` (text or null).
-``busy``          the execute request was refused: another cell is running.
+``busy``          the request was refused: another client's cell is running.
+                  ``owner``: that client's ``who``; ``seconds``: how long.
+``interrupted``   answer to a forced ``interrupt``: ``owner`` and ``seconds``
+                  of the cell interrupted, or ``owner: null`` if none ran.
 ``stream``        header ``name`` (stdout|stderr); payload: output bytes.
 ``display``       header ``data`` (MIME bundle: mime type -> str or JSON),
                   ``metadata``. The metadata key ``fiddledock`` is reserved:
@@ -69,7 +85,7 @@ imports it too. Standard library only, Python 3.8+.
 import json
 import struct
 
-VERSION = 1
+VERSION = 2
 # Key in a display's metadata reserved for FiddleDock's own controls (display
 # ids, clear_output); the client strips it before anything reaches the page.
 METADATA_KEY = "fiddledock"
@@ -91,8 +107,10 @@ def encode(header, payload=b""):
 class FrameReader:
     """Incremental frame parser: feed bytes, take whole frames."""
 
-    def __init__(self):
+    def __init__(self, max_header=None, max_payload=None):
         self._buf = bytearray()
+        self.max_header = max_header or MAX_HEADER
+        self.max_payload = max_payload or MAX_PAYLOAD
 
     def feed(self, data):
         self._buf += data
@@ -104,7 +122,7 @@ class FrameReader:
         pos = 0
         while len(buf) - pos >= HEADER.size:
             hlen, plen = HEADER.unpack_from(buf, pos)
-            if hlen > MAX_HEADER or plen > MAX_PAYLOAD:
+            if hlen > self.max_header or plen > self.max_payload:
                 raise ProtocolError("frame too large (%d, %d)" % (hlen, plen))
             end = pos + HEADER.size + hlen + plen
             if len(buf) < end:
@@ -112,8 +130,8 @@ class FrameReader:
             start = pos + HEADER.size
             try:
                 header = json.loads(bytes(buf[start:start + hlen]))
-            except ValueError as exc:
-                raise ProtocolError("bad frame header: %s" % exc)
+            except (ValueError, RecursionError) as exc:
+                raise ProtocolError("bad frame header: %s" % type(exc).__name__)
             if not isinstance(header, dict):
                 raise ProtocolError("frame header is not an object")
             payload = bytes(buf[start + hlen:end])

@@ -8,6 +8,16 @@ container after ``idle_timeout`` without any client request.
 
 Single-threaded: one selector loop, so no request waits on a busy cell.
 
+Clients: each arrives through its own exec'd relay (see protocol.py) and has
+its own byte stream; a bad frame drops that client only. A cell whose client
+is gone (its kernel died or gave up) is interrupted like a Ctrl-C and ended
+by the usual escalation; a cell asked for meanwhile by another client waits
+for that, instead of being refused as busy.
+
+Privileges: run as root with only SETUID, SETGID and KILL, the supervisor
+forks the worker, which drops to the sandbox uid before any cell code runs,
+so nothing a cell starts can signal, trace or write into the supervisor.
+
 Escalation (a timeout, or the notebook's interrupt button; each further
 interrupt request or each ``interrupt_grace`` moves one step on):
 
@@ -21,11 +31,13 @@ interrupt request or each ``interrupt_grace`` moves one step on):
    cell and the next one say that the state was lost.
 """
 
+import array
 import collections
 import os
 import selectors
 import signal
 import socket
+import struct
 import time
 
 from fiddledock_agent import protocol
@@ -37,11 +49,18 @@ STREAM_DELAY = 0.004  # output waits at most this long to be coalesced into one 
 STREAM_CHUNK = 64 * 1024  # ... or until this much is pending
 KILL_WAIT = 2.0  # how long to wait for killed processes to be gone
 MAX_WAIT = 86400.0  # the longest single select() wait
+MAX_CLIENTS = 64  # connected at once; more are turned away
+CLIENT_QUEUE_MAX = 4 * 1024 * 1024  # events a client that runs no cell may leave unread
+CLIENT_MAX_HEADER = 1024 * 1024  # a request header (JSON) from a client
+CLIENT_MAX_PAYLOAD = 256 * 1024 * 1024  # a cell's source, or the agent's own sources
+SANDBOX_UID = 1000  # who cells run as when the agent runs as root
 DEFAULTS = {
     "idle_timeout": 3600.0,
     "interrupt_grace": 2.0,
     "output_limit": 4 * 1024 * 1024,
     "home": None,
+    "uid": SANDBOX_UID,
+    "gid": SANDBOX_UID,
 }
 
 
@@ -169,20 +188,77 @@ def _is_zombie(pid):
     return stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"])
 
 
-def other_pids(keep=()):
-    """Live processes in the container but init, this process and keep."""
+def _uid_of(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def other_pids(keep=(), uid=None):
+    """Live processes in the container but init, this process and keep.
+
+    With ``uid``, only that user's: the cell's processes, never a relay or a
+    file helper (they run as the agent's uid).
+    """
     mine = {1, os.getpid()} | set(keep)
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in mine and not _is_zombie(int(name)):
-            pids.append(int(name))
+            if uid is None or _uid_of(int(name)) == uid:
+                pids.append(int(name))
     return pids
+
+
+def kill_all_of(uid):
+    """SIGKILL every process of uid at once (kill(-1) from a child that becomes uid).
+
+    One kill(-1) cannot be outrun by fork, unlike killing pid by pid.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def peer_uid(sock):
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def receive_fds(conn):
+    """The (stdin, stdout) fds a relay passes over conn; None if not exactly two."""
+    _, ancillary, _, _ = conn.recvmsg(16, socket.CMSG_SPACE(8 * 4))
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return tuple(fds)
 
 
 class WorkerProcess:
     """The supervisor's handle on one worker: its pid, socket and pipes."""
 
-    def __init__(self):
+    def __init__(self, identity):
         parent_sock, child_sock = socket.socketpair()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -198,7 +274,7 @@ class WorkerProcess:
         if pid == 0:  # the worker
             try:
                 parent_sock.close()
-                worker_mod.run(child_sock, out_w, err_w)
+                worker_mod.run(child_sock, out_w, err_w, identity)
             finally:
                 os._exit(0)
         child_sock.close()
@@ -256,14 +332,16 @@ class WorkerProcess:
 class Cell:
     """The cell being run: who asked, its limits and what it has sent."""
 
-    def __init__(self, header, now, output_limit):
+    def __init__(self, header, now, output_limit, client):
         self.id = header.get("id")
-        self.client = header.get("from")
-        timeout = float(header.get("timeout") or 0)
+        self.client = client  # a Client; None once it is gone
+        self.started = now
+        timeout = max(0.0, float(_number(header.get("timeout"))))
         self.deadline = now + timeout if timeout > 0 else None
         self.timeout = timeout
-        self.output_limit = int(header.get("output_limit") or output_limit)
-        self.grace = header.get("interrupt_grace")
+        self.output_limit = int(_number(header.get("output_limit"))) or output_limit
+        self.owner = client.who
+        self.grace = _number(header.get("interrupt_grace"), None)
         self.sent = 0
         self.dropped = 0
         self.limit_told = False
@@ -275,32 +353,69 @@ class Cell:
         self.pids_before = pids_max_count()
 
 
+class Client:
+    """One client's channel: the stdin and stdout of its exec'd relay.
+
+    ``conn`` is the relay's own connection: the relay (and so the engine's
+    exec, and its streams) lives until it is closed.
+    """
+
+    def __init__(self, number, conn, in_fd, out_fd):
+        self.number = number
+        self.conn = conn
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        os.set_blocking(in_fd, False)
+        os.set_blocking(out_fd, False)
+        self.reader = protocol.FrameReader(CLIENT_MAX_HEADER, CLIENT_MAX_PAYLOAD)
+        self.queue = collections.deque()
+        self.queued = 0
+        self.writing = False  # registered for EVENT_WRITE
+        self.gone = False
+        self.who = "client %d" % number
+
+    def close(self):
+        self.gone = True
+        for fd in (self.in_fd, self.out_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.conn.close()
+
+
+def _number(value, default=0.0):
+    """A finite number from a request field, else default (requests are checked, never trusted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if value != value or value in (float("inf"), float("-inf")):
+        return default
+    return value
+
+
 class Supervisor:
-    def __init__(self, config):
+    def __init__(self, config, listener, first_client):
         self.config = dict(DEFAULTS)
         self.config.update({k: v for k, v in (config or {}).items() if v is not None})
-        # The channel moves off fds 0/1 so nothing else can write into it.
-        self.in_fd = os.dup(0)
-        self.out_fd = os.dup(1)
-        null_r = os.open(os.devnull, os.O_RDONLY)
-        null_w = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null_r, 0)
-        os.dup2(null_w, 1)
-        os.close(null_r)
-        os.close(null_w)
-        os.set_blocking(self.in_fd, False)
-        os.set_blocking(self.out_fd, False)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         home = self.config.get("home") or os.environ.get("HOME")
-        if home and os.path.isdir(home):
-            os.chdir(home)
         self.tmpfs = ["/tmp"] + ([home] if home else [])
+        # Who the worker becomes: the sandbox user when we are root (we stay
+        # out of the cell's reach), else ourselves (a local run).
+        self.identity = None
+        if os.getuid() == 0:
+            self.identity = (int(self.config["uid"]), int(self.config["gid"]))
+        self.home = home
         # Sweeping every other process is only sane as a container's main
         # process (PID 1, or docker-init's child); never on a shared machine.
         self.contained = os.getpid() == 1 or os.getppid() == 1
         self.selector = selectors.DefaultSelector()
-        self.selector.register(self.in_fd, selectors.EVENT_READ, self._on_client)
+        self.listener = listener
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ, self._on_accept)
+        self.clients = {}  # in_fd -> Client
+        self.client_count = 0
         # SIGCHLD wakes the loop: a worker whose socket a child process still
         # holds open never shows EOF, but its exit is still seen.
         self.wake_r, wake_w = os.pipe()
@@ -311,20 +426,18 @@ class Supervisor:
         # `docker stop`: end cleanly (as PID 1, without an init, SIGTERM would be ignored).
         signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "running", False))
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
-        self.client_reader = protocol.FrameReader()
-        self.out_queue = collections.deque()
-        self.out_size = 0
-        self.out_registered = False
         self.pending = []  # [name, bytearray]: stream output not yet framed
         self.pending_size = 0
         self.pending_since = None
         self.cell = None
+        self.deferred = None  # (client, header, payload): waits for a gone client's cell
         self.notice = None  # told to the next client that asks
         self.worker = None
         self.worker_reading = False
         self.last_activity = time.monotonic()
         self.running = True
         self._spawn_worker()
+        self._add_client(*first_client)
 
     # --- worker lifecycle ---------------------------------------------------
     def _spawn_worker(self):
@@ -332,7 +445,7 @@ class Supervisor:
         deadline = time.monotonic() + KILL_WAIT
         while True:
             try:
-                self.worker = WorkerProcess()
+                self.worker = WorkerProcess((self.identity, self.home))
                 break
             except OSError:
                 if time.monotonic() >= deadline:
@@ -387,17 +500,21 @@ class Supervisor:
         if not self.contained:
             return 0
         found = set()
+        uid = self.identity[0] if self.identity else None
         deadline = time.monotonic() + KILL_WAIT
         while True:
-            pids = other_pids(keep)
+            pids = other_pids(keep, uid)
             if not pids or time.monotonic() >= deadline:
                 return len(found)
             found.update(pids)
-            if not keep:
-                try:
-                    os.kill(-1, signal.SIGKILL)  # all at once: fork cannot race it
-                except OSError:
-                    pass
+            if not keep:  # all at once: fork cannot race it
+                if uid is not None:
+                    kill_all_of(uid)
+                else:
+                    try:
+                        os.kill(-1, signal.SIGKILL)
+                    except OSError:
+                        pass
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -442,44 +559,48 @@ class Supervisor:
                 self.worker.status = status
 
     # --- output to the client -----------------------------------------------
-    def _send(self, header, payload=b""):
+    def _send(self, client, header, payload=b""):
+        if client is None or client.gone:
+            return
         data = protocol.encode(header, payload)
-        self.out_queue.append(data)
-        self.out_size += len(data)
-        self._write_out()
+        client.queue.append(data)
+        client.queued += len(data)
+        self._write_out(client)
 
-    def _write_out(self):
-        while self.out_queue:
-            data = self.out_queue[0]
+    def _write_out(self, client):
+        while client.queue:
+            data = client.queue[0]
             try:
-                n = os.write(self.out_fd, data)
+                n = os.write(client.out_fd, data)
             except BlockingIOError:
                 break
-            except OSError:  # nobody can read us any more
-                self.running = False
+            except OSError:  # its stream is gone
+                self._drop_client(client)
                 return
-            self.out_size -= n
+            client.queued -= n
             if n < len(data):
-                self.out_queue[0] = data[n:]
+                client.queue[0] = data[n:]
                 break
-            self.out_queue.popleft()
-        want = bool(self.out_queue)
-        if want != self.out_registered:
+            client.queue.popleft()
+        cell_client = self.cell.client if self.cell is not None else None
+        if client is not cell_client and client.queued > CLIENT_QUEUE_MAX:
+            self._drop_client(client)  # reads nothing: not worth our memory
+            return
+        want = bool(client.queue)
+        if want != client.writing:
             if want:
-                self.selector.register(self.out_fd, selectors.EVENT_WRITE, self._on_out_writable)
+                self.selector.register(client.out_fd, selectors.EVENT_WRITE,
+                                       lambda mask, c=client: self._write_out(c))
             else:
-                self.selector.unregister(self.out_fd)
-            self.out_registered = want
-        self._watch_worker(self.out_size < OUT_HIGH_WATER)
-
-    def _on_out_writable(self, _mask):
-        self._write_out()
+                self.selector.unregister(client.out_fd)
+            client.writing = want
+        if client is cell_client:  # backpressure: the cell waits for its reader
+            self._watch_worker(client.queued < OUT_HIGH_WATER)
 
     def _to_cell(self, header, payload=b""):
-        """An event for the client whose cell is running."""
-        header["to"] = self.cell.client
+        """An event for the client whose cell is running (dropped if it is gone)."""
         header["id"] = self.cell.id
-        self._send(header, payload)
+        self._send(self.cell.client, header, payload)
 
     def _notice(self, text):
         self._flush_streams()
@@ -619,6 +740,7 @@ class Supervisor:
         self._to_cell(header)
         self.cell = None
         self.last_activity = time.monotonic()
+        self._start_deferred()
 
     def _worker_gone(self):
         """EOF on the worker's socket: it exited, or closed the socket itself."""
@@ -655,7 +777,7 @@ class Supervisor:
                 return
         self._worker_died()
 
-    def _worker_died(self, reason=None):
+    def _worker_died(self, reason=None, start_deferred=True):
         """The worker is gone (or is to be killed): report, then start anew.
 
         One that died by itself between cells right after it started is not
@@ -687,70 +809,175 @@ class Supervisor:
             self.notice = ("this cell runs in a fresh worker: variables and imports of earlier "
                            "cells were lost (between cells the worker %s)" % reason)
         self.last_activity = time.monotonic()
+        if start_deferred:
+            self._start_deferred()
 
-    # --- requests from clients -------------------------------------------------
-    def _on_client(self, _mask):
+    # --- clients ---------------------------------------------------------------
+    def _on_accept(self, _mask):
+        """A relay connects: take the exec's stdin/stdout it hands over."""
         try:
-            data = os.read(self.in_fd, READ_SIZE)
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        try:
+            if peer_uid(conn) != os.getuid():
+                conn.close()
+                return  # a cell's process (another uid): never a client
+            conn.settimeout(1.0)  # only a relay of ours gets here: it sends at once
+            fds = receive_fds(conn)
+            if fds is None:
+                conn.close()
+                return
+            if len(self.clients) >= MAX_CLIENTS:
+                for fd in fds:
+                    os.close(fd)
+                conn.close()
+                return
+            conn.sendall(b"k")
+            conn.setblocking(False)
+        except OSError:
+            conn.close()
+            return
+        self._add_client(conn, *fds)
+
+    def _add_client(self, conn, in_fd, out_fd):
+        self.client_count += 1
+        client = Client(self.client_count, conn, in_fd, out_fd)
+        self.clients[in_fd] = client
+        self.selector.register(in_fd, selectors.EVENT_READ,
+                               lambda mask, c=client: self._on_client(c))
+        return client
+
+    def _drop_client(self, client):
+        """A client left (or misbehaved): forget it; a cell of its own is interrupted."""
+        if client.gone:
+            return
+        for fd in (client.in_fd, client.out_fd):
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        self.clients.pop(client.in_fd, None)
+        client.close()
+        if self.deferred is not None and self.deferred[0] is client:
+            self.deferred = None
+        cell = self.cell
+        if cell is not None and cell.client is client:
+            cell.client = None  # its events have nowhere to go
+            if cell.stage == 0:  # as a local kernel's death would end its code
+                self._escalate("client_gone")
+
+    def _on_client(self, client):
+        try:
+            data = os.read(client.in_fd, READ_SIZE)
         except BlockingIOError:
             return
-        if not data:  # stdin closed: nobody can reach us any more
-            self.running = False
+        except OSError:
+            data = b""
+        if not data:  # its kernel is gone, or gave up on us
+            self._drop_client(client)
             return
-        self.client_reader.feed(data)
-        for header, payload in self.client_reader.frames():
+        client.reader.feed(data)
+        try:
+            frames = client.reader.frames()
+        except protocol.ProtocolError as exc:
+            self._send(client, {"type": "notice", "text": "the agent dropped this connection: "
+                                "it sent a malformed frame (%s)" % exc})
+            self._drop_client(client)
+            return
+        for header, payload in frames:
+            if client.gone:
+                return
             if not (header.get("type") == "hello" and header.get("passive")):
                 self.last_activity = time.monotonic()  # a status probe is not use
-            self._on_request(header, payload)
+            try:
+                self._on_request(client, header, payload)
+            except Exception as exc:  # a request we cannot make sense of: that client goes
+                self._send(client, {"type": "notice", "text": "the agent dropped this "
+                                    "connection: a request failed (%s: %s)"
+                                    % (type(exc).__name__, str(exc)[:200])})
+                self._drop_client(client)
+                return
 
-    def _ready(self, to):
+    def _ready(self, client, **extra):
         self._ensure_worker()
-        self._send({"type": "ready", "to": to, "version": protocol.VERSION,
-                    "busy": self.cell is not None,
-                    "worker": self.worker.pid if self.worker else None,
-                    "notice": self.notice})
+        header = {"type": "ready", "version": protocol.VERSION,
+                  "busy": self.cell is not None,
+                  "worker": self.worker.pid if self.worker else None,
+                  "notice": self.notice}
+        header.update(extra)
+        self._send(client, header)
         self.notice = None
 
-    def _on_request(self, header, payload):
+    def _owner(self):
+        """Whose cell is running, and for how long (for busy / interrupted answers)."""
+        cell = self.cell
+        return {"owner": cell.owner, "seconds": round(time.monotonic() - cell.started, 1)}
+
+    def _on_request(self, client, header, payload):
         kind = header.get("type")
-        sender = header.get("from")
+        cell = self.cell
         if kind == "hello":
-            self._ready(sender)
+            who = header.get("who")
+            if isinstance(who, str) and who:
+                client.who = who[:200]
+            self._ready(client)
         elif kind == "execute":
-            self._execute(header, payload)
+            self._execute(client, header, payload)
         elif kind == "interrupt":
-            if self.cell is not None and sender == self.cell.client:
-                if header.get("kill") or self.cell.stage == 0:
+            if header.get("force") and (cell is None or cell.client is not client):
+                # another kernel stops this cell: it is told whose it was
+                if cell is None:
+                    self._send(client, {"type": "interrupted", "owner": None})
+                    return
+                self._send(client, dict(self._owner(), type="interrupted"))
+                self._escalate("interrupt" if cell.stage == 0 else cell.why_interrupted)
+            elif cell is not None and cell.client is client:
+                if header.get("kill") or cell.stage == 0:
                     self._escalate("interrupt")
                 else:  # pressed again: another KeyboardInterrupt, as locally
                     self._sigint(group=True)
         elif kind == "input_reply":
             # Only the client whose cell asked may answer it.
-            if self.cell is not None and self.worker is not None and sender == self.cell.client:
-                reply = {"type": "input_reply", "value": header.get("value"),
-                         "error": header.get("error")}
+            if cell is not None and self.worker is not None and cell.client is client:
+                value, error = header.get("value"), header.get("error")
+                reply = {"type": "input_reply",
+                         "value": value if isinstance(value, str) else None,
+                         "error": error if isinstance(error, str) else None}
                 self._to_worker(protocol.encode(reply))
         elif kind == "reset":
-            if self.cell is not None:
-                self._send({"type": "busy", "to": sender})
-                return
-            self._replace_worker()
+            ended = None
+            if cell is not None:
+                if not header.get("force"):
+                    self._send(client, dict(self._owner(), type="busy"))
+                    return
+                ended = self._owner()
+                reason = header.get("reason")
+                if not (isinstance(reason, str) and reason):
+                    reason = "the instance was reset by %s" % client.who
+                self._worker_died("was ended: %s" % reason[:300], start_deferred=False)
+            else:
+                self._replace_worker()
             self.notice = None
-            self._ready(sender)
+            self._ready(client, ended=ended)
+            self._start_deferred()
         elif kind == "shutdown":
             self.running = False
 
-    def _execute(self, header, payload):
-        sender = header.get("from")
-        if self.cell is not None:
-            self._send({"type": "busy", "to": sender, "id": header.get("id")})
+    def _execute(self, client, header, payload):
+        cell = self.cell
+        if cell is not None:
+            if cell.client is None and self.deferred is None:
+                self.deferred = (client, header, payload)  # runs once that cell has ended
+            else:
+                self._send(client, dict(self._owner(), type="busy", id=header.get("id")))
             return
         notice = self.notice
         self.notice = None
         if header.get("reset"):
             self._replace_worker()
             notice = None
-        self.cell = Cell(header, time.monotonic(), self.config["output_limit"])
+        self.cell = Cell(header, time.monotonic(), self.config["output_limit"], client)
         if notice:
             self._to_cell({"type": "notice", "text": notice})
         if self._ensure_worker() is None:
@@ -761,6 +988,14 @@ class Supervisor:
             return
         fwd = {"type": "execute", "stdin": bool(header.get("stdin"))}
         self._to_worker(protocol.encode(fwd, payload))
+
+    def _start_deferred(self):
+        """The cell that waited for a gone client's cell, now that it has ended."""
+        if self.cell is None and self.deferred is not None:
+            client, header, payload = self.deferred
+            self.deferred = None
+            if not client.gone:
+                self._execute(client, header, payload)
 
     def _to_worker(self, data):
         w = self.worker
@@ -876,13 +1111,16 @@ class Supervisor:
     def _shutdown(self):
         if self.worker is not None:
             self.worker.signal(signal.SIGKILL)
-        os.set_blocking(self.out_fd, True)
-        while self.out_queue:
+        for client in list(self.clients.values()):
             try:
-                os.write(self.out_fd, self.out_queue.popleft())
+                os.set_blocking(client.out_fd, True)
+                while client.queue:
+                    os.write(client.out_fd, client.queue.popleft())
             except OSError:
-                break
+                pass
 
 
-def main(boot_header):
-    Supervisor(boot_header.get("config")).loop()
+def main(boot_header, listener, first_client):
+    """Run the agent: ``listener`` is the relays' socket, ``first_client`` the
+    (relay connection, stdin, stdout) of the client that booted us."""
+    Supervisor(boot_header.get("config"), listener, first_client).loop()

@@ -542,8 +542,29 @@ def _after_fork_in_child():
         worker.stdin_allowed = False
 
 
-def run(sock, stdout_fd, stderr_fd):
-    """Entry point in the forked child: become the worker and serve."""
+def _become(identity, home):
+    """Drop to the sandbox user (uid, gid) for good, then go home.
+
+    After this no capability is left, so nothing the cell starts can signal,
+    trace or write into the supervisor (root) or a file helper.
+    """
+    if identity is not None:
+        uid, gid = identity
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    if home:
+        try:
+            os.chdir(home)
+        except OSError:
+            pass
+
+
+def run(sock, stdout_fd, stderr_fd, identity=(None, None)):
+    """Entry point in the forked child: become the worker and serve.
+
+    ``identity``: ``((uid, gid) or None, home folder or None)``.
+    """
     os.setsid()
     try:  # the OOM killer should take the worker, never the supervisor
         with open("/proc/self/oom_score_adj", "w") as f:
@@ -551,8 +572,11 @@ def run(sock, stdout_fd, stderr_fd):
     except OSError:
         pass
     signal.set_wakeup_fd(-1)  # the supervisor's; its fd is closed below
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE, signal.SIGALRM):
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
+    # As in any Python: a write to a closed pipe or socket is BrokenPipeError,
+    # not the death of the worker.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(NUDGE, _on_nudge)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -567,6 +591,7 @@ def run(sock, stdout_fd, stderr_fd):
                 os.close(fd)
             except OSError:
                 pass
+    _become(*identity)
     _Guard.pid, _Guard.main, _Guard.sock = os.getpid(), threading.get_ident(), sock
     worker = Worker(_GuardedChannel(sock))
     _Guard.worker = worker
