@@ -339,9 +339,10 @@ class Cell:
         timeout = max(0.0, float(_number(header.get("timeout"))))
         self.deadline = now + timeout if timeout > 0 else None
         self.timeout = timeout
-        self.output_limit = int(_number(header.get("output_limit"))) or output_limit
+        self.output_limit = int(max(0, _number(header.get("output_limit")))) or output_limit
         self.owner = client.who
-        self.grace = _number(header.get("interrupt_grace"), None)
+        grace = _number(header.get("interrupt_grace"), None)
+        self.grace = None if grace is None else max(0.0, grace)
         self.sent = 0
         self.dropped = 0
         self.limit_told = False
@@ -565,6 +566,10 @@ class Supervisor:
         data = protocol.encode(header, payload)
         client.queue.append(data)
         client.queued += len(data)
+        cell = self.cell
+        if (cell is None or cell.client is not client) and client.queued > CLIENT_QUEUE_MAX:
+            self._drop_client(client)  # answers it does not read: not worth our memory
+            return
         self._write_out(client)
 
     def _write_out(self, client):
@@ -583,9 +588,6 @@ class Supervisor:
                 break
             client.queue.popleft()
         cell_client = self.cell.client if self.cell is not None else None
-        if client is not cell_client and client.queued > CLIENT_QUEUE_MAX:
-            self._drop_client(client)  # reads nothing: not worth our memory
-            return
         want = bool(client.queue)
         if want != client.writing:
             if want:
