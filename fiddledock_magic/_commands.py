@@ -71,6 +71,16 @@ def split_line(line):
         raise UsageError("cannot parse %s: %s" % (shown(line), exc)) from None
 
 
+def parse_words(parser, words, limit=200):
+    """parser.parse_args of split words; its UsageError cut to ``limit`` characters
+    (argparse quotes the words it refuses, and a word may be huge)."""
+    try:
+        return parser.parse_args(words)
+    except UsageError as exc:
+        text = str(exc)
+        raise UsageError(text if len(text) <= limit else text[:limit - 3] + "...") from None
+
+
 class LineCommands:
     def __init__(self, manager):
         self.manager = manager
@@ -84,7 +94,7 @@ class LineCommands:
             raise UsageError("unknown subcommand %s; use one of: %s"
                              % (shown(words[0]), self.subcommands()))
         try:
-            args = self.parser.parse_args(words)  # words are split already: quotes are gone
+            args = parse_words(self.parser, words)
         except UsageError as exc:
             raise UsageError("%s\n%s" % (exc, self.usage(words[0]))) from None
         return getattr(self, "cmd_" + args.command)(args)

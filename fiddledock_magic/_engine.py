@@ -17,6 +17,7 @@ import docker.errors
 import requests.exceptions
 
 from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
+from ._spec import shown
 
 UPGRADE_TIMEOUT = 30  # seconds for the engine to answer an attach or exec request
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
@@ -102,8 +103,9 @@ class Engine:
             if exc.status_code == 404:
                 return False
             if exc.status_code == 400:
-                raise ImageNotFound(image, "%r is not a valid image name (%s)"
-                                    % (image, exc.explanation)) from None
+                why = exc.explanation.rsplit(": ", 1)[-1]  # the reason, not the name again
+                raise ImageNotFound(image, "%s is not a valid image name (%s)"
+                                    % (shown(image), why[:200])) from None
             raise
 
     # --- containers -----------------------------------------------------------
