@@ -11,7 +11,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from ._errors import ImageNotFound
-from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name
+from ._config import MAX_POOL_SIZE
+from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name, shown
 from ._status import html_table, text_table
 
 
@@ -64,23 +65,38 @@ def build_parser():
     return parser
 
 
+def split_line(line):
+    """The words of a magic's line, as a shell splits them; UsageError if it cannot."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError("cannot parse %s: %s" % (shown(line), exc)) from None
+
+
+def parse_words(parser, words, limit=200):
+    """parser.parse_args of split words; its UsageError cut to ``limit`` characters
+    (argparse quotes the words it refuses, and a word may be huge)."""
+    try:
+        return parser.parse_args(words)
+    except UsageError as exc:
+        text = str(exc)
+        raise UsageError(text if len(text) <= limit else text[:limit - 3] + "...") from None
+
+
 class LineCommands:
     def __init__(self, manager):
         self.manager = manager
         self.parser = build_parser()
 
     def run(self, line):
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise UsageError("cannot parse %r: %s" % (line, exc))
+        words = split_line(line)
         if not words:
             raise UsageError("a subcommand is needed: " + self.subcommands())
         if words[0] not in self.names():
-            raise UsageError("unknown subcommand %r; use one of: %s"
-                             % (words[0], self.subcommands()))
+            raise UsageError("unknown subcommand %s; use one of: %s"
+                             % (shown(words[0]), self.subcommands()))
         try:
-            args = self.parser.parse_args(words)  # words are split already: quotes are gone
+            args = parse_words(self.parser, words)
         except UsageError as exc:
             raise UsageError("%s\n%s" % (exc, self.usage(words[0]))) from None
         return getattr(self, "cmd_" + args.command)(args)
@@ -152,6 +168,8 @@ class LineCommands:
         print("created instance %r" % args.name)
 
     def cmd_delete(self, args):
+        if args.all and args.name:
+            raise UsageError("delete takes an instance name or --all, not both")
         if args.all:
             names = self.manager.delete_all()
             print("deleted %d instance(s)" % len(names))
@@ -194,6 +212,9 @@ class LineCommands:
         if args.n is not None:
             if args.n < 0:
                 raise UsageError("pool takes a number of instances, 0 or more (0 empties it)")
+            if args.n > MAX_POOL_SIZE:
+                raise UsageError("pool takes at most %d instances, not %d"
+                                 % (MAX_POOL_SIZE, args.n))
             # Through the config, so %config DockerRun.pool_size shows the same number.
             self.manager.config.pool_size = args.n
             pool.resize(args.n, wait=(args.n == 0))  # filling goes on in the background

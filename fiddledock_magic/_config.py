@@ -15,8 +15,11 @@ import os
 from traitlets import CFloat, CInt, CUnicode, Dict, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
+from ._errors import FiddleDockError
 from ._image import DEFAULT_IMAGE
 from ._spec import InstanceSpec, InvalidSetting, check_name
+
+MAX_POOL_SIZE = 32  # containers kept started in the background, at most
 
 
 class DockerRun(Configurable):
@@ -41,6 +44,10 @@ class DockerRun(Configurable):
     scope = Unicode(help="What instance names are scoped to; default: the notebook's path "
                          "(JPY_SESSION_NAME), else the working folder.").tag(config=True)
 
+    # Set by the instance manager: checks a spec against the engine's CPUs and
+    # memory, so %config refuses what no instance could get.
+    capacity_check = None
+
     @default("image")
     def _default_image(self):
         return os.environ.get("FIDDLEDOCK_IMAGE") or DEFAULT_IMAGE
@@ -55,8 +62,12 @@ class DockerRun(Configurable):
         spec = InstanceSpec(image="x", **{name: value})
         try:
             spec.validate()
+            if self.capacity_check is not None and name in ("cpus", "memory", "disk"):
+                self.capacity_check(spec, fields=(name,))
         except InvalidSetting as exc:
             raise TraitError(str(exc)) from None
+        except FiddleDockError:  # no engine to ask now: checked when an instance is created
+            pass
         return value
 
     @validate("timeout", "idle_timeout", "pool_size", "interrupt_grace", "output_limit")
@@ -69,6 +80,9 @@ class DockerRun(Configurable):
                              % (proposal["trait"].name, proposal["value"]))
         if proposal["trait"].name == "idle_timeout" and proposal["value"] == 0:
             raise TraitError("idle_timeout must be more than 0 seconds")
+        if proposal["trait"].name == "pool_size" and proposal["value"] > MAX_POOL_SIZE:
+            raise TraitError("pool_size must be at most %d, not %r"
+                             % (MAX_POOL_SIZE, proposal["value"]))
         return proposal["value"]
 
     @validate("default_instance")

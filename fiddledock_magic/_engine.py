@@ -17,6 +17,7 @@ import docker.errors
 import requests.exceptions
 
 from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
+from ._spec import shown
 
 UPGRADE_TIMEOUT = 30  # seconds for the engine to answer an attach or exec request
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
@@ -46,7 +47,7 @@ class Engine:
     def __init__(self, client=None):
         self._client = client
         self._from_env = client is None
-        self._runtimes = None
+        self._info = None
 
     def clone(self):
         """An Engine for another thread: its own HTTP connections to the same engine."""
@@ -78,12 +79,20 @@ class Engine:
         except docker.errors.DockerException as exc:
             raise _engine_error(exc) from None
 
+    def info(self):
+        """The engine's `docker info` (asked once: runtimes and capacity do not change)."""
+        if self._info is None:
+            self._info = self.call(self.api.info)
+        return self._info
+
     def runtimes(self):
-        """Names of the OCI runtimes the engine has registered (cached)."""
-        if self._runtimes is None:
-            info = self.call(self.api.info)
-            self._runtimes = sorted((info.get("Runtimes") or {}).keys()) or ["runc"]
-        return self._runtimes
+        """Names of the OCI runtimes the engine has registered."""
+        return sorted((self.info().get("Runtimes") or {}).keys()) or ["runc"]
+
+    def capacity(self):
+        """``(cpus, memory bytes)`` of the engine's machine; None where it does not say."""
+        info = self.info()
+        return info.get("NCPU") or None, info.get("MemTotal") or None
 
     # --- images -------------------------------------------------------------
     def image_exists(self, image):
@@ -94,8 +103,9 @@ class Engine:
             if exc.status_code == 404:
                 return False
             if exc.status_code == 400:
-                raise ImageNotFound(image, "%r is not a valid image name (%s)"
-                                    % (image, exc.explanation)) from None
+                why = exc.explanation.rsplit(": ", 1)[-1]  # the reason, not the name again
+                raise ImageNotFound(image, "%s is not a valid image name (%s)"
+                                    % (shown(image), why[:200])) from None
             raise
 
     # --- containers -----------------------------------------------------------

@@ -10,9 +10,9 @@ import sys
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
-from ._commands import LineCommands
+from ._commands import LineCommands, parse_words, split_line
 from ._errors import CellError, CellKilled, CellTimeout, FiddleDockError, InstanceLost
 from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
@@ -60,7 +60,9 @@ class DockerRunMagics(Magics):
         """
         if cell is None:
             return self._line(line)
-        args = parse_argstring(self.dockerrun, line)
+        # Split as the line magic does (quotes removed, unbalanced ones a UsageError);
+        # parse_argstring would keep the quotes in the values.
+        args = parse_words(self.dockerrun.parser, split_line(line))
         try:
             name = check_name(args.name or self.config_obj.default_instance)
         except InvalidSetting as exc:

@@ -59,6 +59,7 @@ class InstanceManager:
         self.instances = {}  # name -> Instance, connected in this kernel
         self._changes = threading.RLock()  # see _serialized
         self.pool = Pool(self)
+        config.capacity_check = self.check_capacity
         if config.pool_size:
             self.pool.resize(config.pool_size)
         config.observe(lambda change: self.pool.resize(change["new"]), "pool_size")
@@ -156,6 +157,7 @@ class InstanceManager:
         check_name(name)
         spec.validate()
         self.check_runtime(spec.runtime)
+        self.check_capacity(spec)
         cname = container_name(name, self.scope)
         if not _absent and self.engine.inspect(cname) is not None:
             raise InstanceConflict("instance %r already exists" % name)
@@ -190,7 +192,11 @@ class InstanceManager:
             hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
                     if runtime == "runsc" else "")
             raise InvalidSetting("runtime %r is not registered with this Docker engine, which "
-                                 "has: %s%s" % (runtime, ", ".join(known), hint))
+                                 "has: %s%s" % (runtime, ", ".join(known), hint), "runtime")
+
+    def check_capacity(self, spec, fields=None):
+        """InvalidSetting if spec asks for more CPUs or memory than the engine has."""
+        spec.check_capacity(*self.engine.capacity(), fields=fields)
 
     def _ensure_image(self, image, progress):
         if self.engine.image_exists(image):

@@ -12,6 +12,7 @@ import re
 import uuid
 
 from ._errors import FiddleDockError
+from ._status import format_bytes
 
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/sandbox"
@@ -21,6 +22,12 @@ RUNTIMES = ("runc", "runsc")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+# Upper bounds that hold whatever the engine: the engine takes sizes and
+# limits as int64 (a bigger number comes back as a Go decoding error), and no
+# Linux kernel has more than 2**22 process ids.
+MAX_BYTES = (1 << 63) - 1
+MAX_PIDS = 1 << 22
+MAX_CPUS = 256
 CONTAINER_PREFIX = "fiddledock-"
 # Pool containers: a prefix no instance's container name can have, so a pooled
 # container is never mistaken for an instance (see _pool.py).
@@ -28,22 +35,42 @@ POOL_PREFIX = "fiddledock_pool-"
 
 
 class InvalidSetting(FiddleDockError, ValueError):
-    """A setting has a value FiddleDock cannot use; the message says why."""
+    """A setting has a value FiddleDock cannot use; the message says why.
+
+    ``field`` names the setting it is about ("memory", "name", ...), or None.
+    """
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+def shown(value, limit=40):
+    """repr(value) cut to about ``limit`` characters, for messages about user input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...%s" % text[0]
 
 
 def parse_size(text, what):
-    """'512m' -> bytes; a clear error for anything else."""
+    """'512m' -> bytes; a clear error for anything else, ``what`` is the setting."""
     match = SIZE_RE.match(str(text).strip())
     if not match:
-        raise InvalidSetting("%s must be a size like 512m or 1g, not %r" % (what, text))
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        raise InvalidSetting("%s must be a size like 512m or 1g, not %s" % (what, shown(text)),
+                             what)
+    number, unit = match.group(1), _UNITS[match.group(2).lower()]
+    # Whole numbers exactly (a float would round 2**63 down into range).
+    size = int(number) * unit if number.isdigit() else int(float(number) * unit)
+    if size > MAX_BYTES:
+        raise InvalidSetting("%s must be less than 8 EiB (what the engine can take), not %s"
+                             % (what, shown(text)), what)
+    return size
 
 
 def check_name(name):
     if not NAME_RE.match(name or ""):
         raise InvalidSetting(
             "instance names are 1-63 letters, digits, '_', '.' or '-', starting "
-            "with a letter or digit; %r is not one" % (name,))
+            "with a letter or digit; %s is not one" % shown(name), "name")
     return name
 
 
@@ -92,37 +119,57 @@ class InstanceSpec:
     env: dict = dataclasses.field(default_factory=dict)
 
     def validate(self):
+        """Check every setting against bounds that hold on any engine; self, or InvalidSetting."""
         if not self.image or not isinstance(self.image, str):
-            raise InvalidSetting("an image name is required")
+            raise InvalidSetting("an image name is required", "image")
         if parse_size(self.memory, "memory") < 16 << 20:
-            raise InvalidSetting("memory must be at least 16m, not %r" % self.memory)
+            raise InvalidSetting("memory must be at least 16m, not %s" % shown(self.memory),
+                                 "memory")
         try:
             cpus = float(self.cpus)
-        except (TypeError, ValueError):
-            raise InvalidSetting("cpus must be a number like 1 or 0.5, not %r" % (self.cpus,))
-        if not 0.01 <= cpus <= 256:
-            raise InvalidSetting("cpus must be between 0.01 and 256, not %r" % (self.cpus,))
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidSetting("cpus must be a number like 1 or 0.5, not %s" % shown(self.cpus),
+                                 "cpus")
+        if not 0.01 <= cpus <= MAX_CPUS:  # also false for nan
+            raise InvalidSetting("cpus must be between 0.01 and %d, not %s"
+                                 % (MAX_CPUS, shown(self.cpus)), "cpus")
         try:
             pids = int(self.pids)
-        except (TypeError, ValueError):
-            raise InvalidSetting("pids must be a whole number, not %r" % (self.pids,))
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidSetting("pids must be a whole number, not %s" % shown(self.pids), "pids")
         if pids < 16:
-            raise InvalidSetting("pids must be at least 16 (the agent needs a few), not %r"
-                                 % (self.pids,))
+            raise InvalidSetting("pids must be at least 16 (the agent needs a few), not %s"
+                                 % shown(self.pids), "pids")
+        if pids > MAX_PIDS:
+            raise InvalidSetting("pids must be at most %d (no Linux kernel has more process "
+                                 "ids), not %s" % (MAX_PIDS, shown(self.pids)), "pids")
         if parse_size(self.disk, "disk") < 1 << 20:
-            raise InvalidSetting("disk must be at least 1m, not %r" % self.disk)
+            raise InvalidSetting("disk must be at least 1m, not %s" % shown(self.disk), "disk")
         if self.network not in NETWORKS:
-            raise InvalidSetting("network must be one of %s, not %r"
-                                 % (", ".join(NETWORKS), self.network))
+            raise InvalidSetting("network must be one of %s, not %s"
+                                 % (", ".join(NETWORKS), shown(self.network)), "network")
         if self.runtime not in RUNTIMES:
-            raise InvalidSetting("runtime must be one of %s, not %r"
-                                 % (", ".join(RUNTIMES), self.runtime))
+            raise InvalidSetting("runtime must be one of %s, not %s"
+                                 % (", ".join(RUNTIMES), shown(self.runtime)), "runtime")
         for key in self.env:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise InvalidSetting("environment variable names are letters, digits "
-                                     "and '_'; %r is not one" % key)
+                                     "and '_'; %s is not one" % shown(key), "env")
         self.cpus, self.pids = cpus, pids
         return self
+
+    def check_capacity(self, cpus, memory, fields=None):
+        """InvalidSetting if the limits exceed an engine with ``cpus`` cores and
+        ``memory`` bytes (either None: not known); only ``fields`` if given."""
+        fields = fields or ("cpus", "memory", "disk")
+        if "cpus" in fields and cpus and float(self.cpus) > cpus:
+            raise InvalidSetting("cpus must be at most %g (the engine's CPU count), not %s"
+                                 % (cpus, shown(self.cpus)), "cpus")
+        for field, why in (("memory", ""), ("disk", ": the writable folders are held in it")):
+            value = getattr(self, field)
+            if field in fields and memory and parse_size(value, field) > memory:
+                raise InvalidSetting("%s must be at most %s (the engine's memory%s), not %s"
+                                     % (field, format_bytes(memory), why, shown(value)), field)
 
     @classmethod
     def from_container(cls, info, fallback):
