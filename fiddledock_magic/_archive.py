@@ -158,7 +158,8 @@ def check_archive(tar, limit):
                 continue
             if kinds.get(source) != "file":
                 raise UnsafeArchive("the archive has a hard link to something it does not "
-                                    "contain: %s -> %s" % (shown(m.name, 200), shown(m.linkname, 200)))
+                                    "contain: %s -> %s"
+                                    % (shown(m.name, 200), shown(m.linkname, 200)))
             kind = "hardlink"
             sizes[parts] = sizes[source]  # written as a full copy: it counts in full
         else:
@@ -229,8 +230,14 @@ def extract(fileobj, dest, limit, force=False, left_out=()):
                 _recheck_links(os.path.join(parent, temp), made, leaf, result)
                 refuse_existing(parent, parent_fd, leaf, force, remove=True)
                 os.rename(temp, leaf, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-            except BaseException:
-                _remove(parent, parent_fd, temp)
+            except BaseException as exc:
+                _remove(parent, parent_fd, temp)  # nothing half-written stays behind
+                if isinstance(exc, OSError):
+                    raise TransferError("writing %s failed: %s" % (shown(dest), exc.strerror
+                                                                    or exc)) from None
+                if isinstance(exc, tarfile.TarError):
+                    raise UnsafeArchive("the instance sent a broken archive: %s"
+                                        % shown(str(exc))) from None
                 raise
         finally:
             os.close(parent_fd)
@@ -304,9 +311,6 @@ class _Writer:
                 os.symlink(m.linkname, self.leaf(parts), dir_fd=parent_fd)
                 self.result.links += 1
                 self.made.append(parts[1:])
-        except OSError as exc:
-            raise TransferError("writing %s failed: %s" % (shown(self.result.path),
-                                                            exc.strerror or exc)) from None
         finally:
             for fd in self.fds.values():
                 os.close(fd)

