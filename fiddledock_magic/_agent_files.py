@@ -25,6 +25,12 @@ def relay_source():
 
 
 @functools.lru_cache(maxsize=None)
+def filehelper_source():
+    """The text run as ``python3 -I -S -c`` in the container for put / get."""
+    return (agent_dir() / "filehelper.py").read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=None)
 def boot_payload():
     """``(module order, JSON payload of the sources)`` for the boot frame."""
     sources = {name: (agent_dir() / ("%s.py" % name)).read_text("utf-8") for name in MODULES}

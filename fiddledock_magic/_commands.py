@@ -52,13 +52,20 @@ def build_parser():
                           help="Keep N instances started in the background; no N: show it.")
     pool.add_argument("n", nargs="?", type=int, metavar="N")
     put = sub.add_parser("put", add_help=False,
-                         help="Copy a file or folder into an instance: put LOCAL NAME:PATH.")
+                         help="Copy a file or folder into an instance: put LOCAL NAME:PATH "
+                              "[--force] (the instance must exist).")
     put.add_argument("local", metavar="LOCAL")
     put.add_argument("target", metavar="NAME:PATH")
+    put.add_argument("--force", action="store_true",
+                     help="Replace the file or folder PATH names if it exists.")
     get = sub.add_parser("get", add_help=False,
-                         help="Copy a file or folder out of an instance: get NAME:PATH LOCAL.")
+                         help="Copy a file or folder out of an instance: get NAME:PATH LOCAL "
+                              "[--force]; into an existing folder LOCAL it is named after "
+                              "PATH's last part.")
     get.add_argument("source", metavar="NAME:PATH")
     get.add_argument("local", metavar="LOCAL")
+    get.add_argument("--force", action="store_true",
+                     help="Replace that one file or folder if it exists (never merged into).")
     sub.add_parser("panel", add_help=False,
                    help="Show the instance panel (ipywidgets): every instance with its "
                         "status and resources; create, restart, reset, delete, make default.")
@@ -226,12 +233,12 @@ class LineCommands:
     def cmd_put(self, args):
         from . import _files
         limit = _files.transfer_limit(self.manager.config)
-        print(_files.put(self.manager, args.local, args.target, limit))
+        print(_files.put(self.manager, args.local, args.target, limit, force=args.force))
 
     def cmd_get(self, args):
         from . import _files
         limit = _files.transfer_limit(self.manager.config)
-        print(_files.get(self.manager, args.source, args.local, limit))
+        print(_files.get(self.manager, args.source, args.local, limit, force=args.force))
 
     def cmd_panel(self, args):
         # Returned, not displayed: the cell shows it, and `p = %dockerrun panel` keeps it.

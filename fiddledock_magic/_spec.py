@@ -66,6 +66,16 @@ def parse_size(text, what):
     return size
 
 
+def format_size(n):
+    """Bytes for people: '512 bytes', '16.0 KiB', '1.5 GiB' (the inverse of parse_size)."""
+    if n < 1024:
+        return "%d bytes" % n
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024.0
+        if n < 1024 or unit == "GiB":
+            return "%.1f %s" % (n, unit)
+
+
 def check_name(name):
     if not NAME_RE.match(name or ""):
         raise InvalidSetting(

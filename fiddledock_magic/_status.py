@@ -15,6 +15,8 @@ import dataclasses
 import datetime
 from typing import Optional
 
+from ._spec import format_size
+
 
 @dataclasses.dataclass
 class InstanceStatus:
@@ -95,19 +97,11 @@ def format_duration(delta):
     return "%ds" % seconds
 
 
-def format_bytes(n):
-    if n is None:
-        return "-"
-    if n >= 1 << 30:
-        return "%.1f GiB" % (n / (1 << 30))
-    return "%.1f MiB" % (n / (1 << 20))
-
-
 def format_memory(row):
-    limit = format_bytes(row.memory_limit) if row.memory_limit else "no limit"
+    limit = format_size(row.memory_limit) if row.memory_limit else "no limit"
     if row.memory_used is None:
         return "- / %s" % limit
-    return "%s / %s" % (format_bytes(row.memory_used), limit)
+    return "%s / %s" % (format_size(row.memory_used), limit)
 
 
 def format_cpu(row):
