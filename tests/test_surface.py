@@ -118,3 +118,25 @@ def test_files_cannot_fill_a_small_memory(run, create, unique_name):
     assert "out of memory (limit 24 MiB)" in text and "/tmp has too many files" in text, text
     _, out, _ = run("import os\nprint(len(os.listdir('/tmp')) > 1500)", unique_name)
     assert out == "True\n"
+
+
+@pytest.fixture
+def image_without_ctypes(docker_client, default_image):
+    """The default image with Python's ctypes removed (a minimal Python has none)."""
+    import io
+    import uuid
+    tag = "fiddledock-test-noctypes:%s" % uuid.uuid4().hex[:8]
+    dockerfile = ("FROM %s\nUSER root\nRUN rm -rf /usr/lib/python3*/ctypes\nUSER 1000:1000\n"
+                  % default_image)
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+    yield tag
+    docker_client.images.remove(tag, force=True)
+
+
+def test_without_ctypes_the_first_cell_says_io_uring_is_not_blocked(run, unique_name,
+                                                                    image_without_ctypes):
+    _, out, err = run("print('runs')", unique_name, "--image %s" % image_without_ctypes)
+    assert out == "runs\n"
+    assert ("io_uring is not blocked in this instance: its Python has no ctypes, so the "
+            "agent could not add its seccomp filter") in err
+    assert run("print('again')", unique_name)[2] == ""  # said once
