@@ -27,7 +27,7 @@ def test_two_kernels_on_one_instance_never_corrupt_each_other(docker_client, def
     # Kernel A's cells each carry 4 MiB in their source while kernel B, of the same
     # notebook, runs cells and `%dockerrun list` on the same instance. A frame of
     # B's must never land inside one of A's (that killed the agent, and A's state).
-    res = load.run_shared(a_cells=6)
+    res = load.run_shared(a_cells=8)
     assert res["a_failed"] == []
     assert res["a_state_kept"], "A's x was lost"
     assert res["b_failed"] == []  # a "busy" refusal while A's cell runs is not a failure
