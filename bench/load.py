@@ -32,7 +32,6 @@ Every container carries a scope ``load-<run id>-...`` and is removed at the end.
 
 import argparse
 import collections
-import math
 import os
 import queue
 import re
@@ -41,15 +40,11 @@ import threading
 import time
 import uuid
 
+from run import pct  # nearest rank, as in the benchmark's other figures
+
 TOKEN = re.compile(r"^([TE]) (\S+) (\d+) (-?\d+)$")
 STDERR_LINE = -1  # the line number of a cell's stderr token
 BIG = 4 * 1024 * 1024
-
-
-def pct(values, q):
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    s = sorted(values)
-    return s[max(0, math.ceil(q / 100.0 * len(s)) - 1)]
 
 
 def latency_summary(seconds):
@@ -185,7 +180,11 @@ def run_kernel(index, load_kernel, instances, cells, lines, result):
     """One kernel's cells in order; fills result (latencies, failures, msg_ids)."""
     result.update(latency=[], warm=[], failed=[], cells={})
     for k in range(cells):
-        reply, seconds, msg_id = load_kernel.execute(token_cell(index, k, instances, lines))
+        try:
+            reply, seconds, msg_id = load_kernel.execute(token_cell(index, k, instances, lines))
+        except Exception as exc:  # the kernel stopped answering: the rest is not run
+            result["failed"].append("cell %d and later: %s" % (k, exc))
+            return
         result["cells"][msg_id] = k
         result["latency"].append(seconds)
         if k >= instances:

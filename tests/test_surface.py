@@ -10,16 +10,7 @@ still usable.
 import pytest
 
 from fiddledock_magic import CellKilled
-
-
-@pytest.fixture
-def create(shell, capsys):
-    """create(name, '--disk 16m ...') through the real line magic."""
-    def _create(name, opts=""):
-        shell.run_line_magic("dockerrun", ("create %s %s" % (name, opts)).strip())
-        capsys.readouterr()
-        return name
-    return _create
+from test_hostile import create  # noqa: F401 (a fixture: create(name, '--disk 16m'))
 
 
 IO_URING_SETUP = (
