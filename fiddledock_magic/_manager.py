@@ -127,7 +127,8 @@ class InstanceManager:
                 notice("instance %r was gone (removed, or the engine restarted); "
                        "created a new one: its previous state is lost" % name)
             self.instances.pop(name, None)
-            return self.create(name, self.default_spec(image), progress=progress, _absent=True)
+            self.create(name, self.default_spec(image), progress=progress, _absent=True)
+            return self.get(name, image, notice, progress)  # tells its boot notice, if any
         old = inst
         inst = Instance(self, name, info)
         if image and image != inst.image:
@@ -177,7 +178,7 @@ class InstanceManager:
         info = {"Id": cid, "Config": {"Labels": config["labels"], "Image": spec.image}}
         inst = Instance(self, name, info, engine=engine)
         try:
-            inst.connect(fresh=True)
+            inst.pending_notice = inst.connect(fresh=True)  # told with its first cell
         except BaseException:
             engine.remove(cid)
             raise

@@ -28,6 +28,10 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 MAX_BYTES = (1 << 63) - 1
 MAX_PIDS = 1 << 22
 MAX_CPUS = 256
+SHM_MAX = 64 << 20  # /dev/shm: Docker's own default size, or the disk size if smaller
+FILE_PAGE = 4096  # a folder holds at most one file per page of its size ...
+FILES_MEMORY_SHARE = 4  # ... and per page of a quarter of the memory (each file costs ~1 KiB)
+MIN_FILES = 1024
 CONTAINER_PREFIX = "fiddledock-"
 # Pool containers: a prefix no instance's container name can have, so a pooled
 # container is never mistaken for an instance (see _pool.py).
@@ -115,6 +119,18 @@ def pool_container_name(scope):
 
 def is_pool_container_name(container_name_):
     return container_name_.lstrip("/").startswith(POOL_PREFIX)
+
+
+def tmpfs_options(size, memory):
+    """Mount options of a writable folder of size bytes: bounded in bytes and in files.
+
+    Files count as memory, and an empty one costs ~1 KiB of it without using
+    any of the folder's size: without a bound on their number, a loop creating
+    empty files ends in the out-of-memory killer instead of "no space left".
+    With this bound the three folders' files take at most 3/16 of the memory.
+    """
+    files = max(min(size, memory // FILES_MEMORY_SHARE) // FILE_PAGE, MIN_FILES)
+    return "rw,nosuid,nodev,size=%d,nr_inodes=%d" % (size, files)
 
 
 @dataclasses.dataclass
@@ -254,7 +270,7 @@ class InstanceSpec:
             "tty": False,
             "detach": True,
         }
-        tmpfs_opts = "rw,nosuid,nodev,size=%d" % disk
+        tmpfs_opts = tmpfs_options(disk, memory)
         host_config = {
             "network_mode": self.network,
             "cap_drop": ["ALL"],
@@ -267,7 +283,13 @@ class InstanceSpec:
             "tmpfs": {
                 "/tmp": tmpfs_opts + ",mode=1777",
                 SANDBOX_HOME: tmpfs_opts + ",mode=0700,uid=%d,gid=%d" % (SANDBOX_UID, SANDBOX_UID),
+                # Replaces the engine's own /dev/shm, so its number of files is bounded too.
+                "/dev/shm": tmpfs_options(min(disk, SHM_MAX), memory) + ",noexec,mode=1777",
             },
+            # POSIX message queues: the kernel counts their bytes per uid across every
+            # container and the host, so any allowance would let one instance take it
+            # from the others; none at all (mq_open fails with EMFILE).
+            "ulimits": [{"Name": "msgqueue", "Soft": 0, "Hard": 0}],
             "mem_limit": memory,
             "memswap_limit": memory,
             "nano_cpus": int(self.cpus * 1e9),

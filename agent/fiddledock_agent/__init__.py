@@ -4,7 +4,9 @@
 ``supervisor.main``; ``supervisor`` owns the channel to the notebook and the
 worker process; ``worker`` runs cells; ``display`` builds MIME bundles;
 ``hooks`` patches modules when user code imports them; ``shim`` stands in
-for ``IPython.display``; ``mpl`` shows matplotlib figures.
+for ``IPython.display``; ``mpl`` shows matplotlib figures; ``seccomp``
+refuses io_uring to the cell; ``limits`` explains full writable folders.
 """
 
-MODULES = ("protocol", "display", "hooks", "shim", "mpl", "worker", "supervisor")
+MODULES = ("protocol", "display", "hooks", "shim", "mpl", "seccomp", "limits", "worker",
+           "supervisor")

@@ -40,7 +40,9 @@ import socket
 import struct
 import time
 
+from fiddledock_agent import limits
 from fiddledock_agent import protocol
+from fiddledock_agent import seccomp
 from fiddledock_agent import worker as worker_mod
 
 READ_SIZE = 256 * 1024
@@ -714,6 +716,8 @@ class Supervisor:
         if not worker_died and oom_kill_count() > cell.oom_before:
             notices.append("out of memory (%s): the kernel killed a process of this cell"
                            % memory_limit_text())
+        if not worker_died:  # else the worker's reason names them
+            notices.extend(limits.full_folders(self.tmpfs, oom_kill_count() > cell.oom_before))
         return notices
 
     def _finish_cell(self, header):
@@ -798,6 +802,7 @@ class Supervisor:
                 used = tmpfs_used(self.tmpfs)
                 if used >= 1024 * 1024:
                     reason += "; files in /tmp and the home folder take %s of it" % size_text(used)
+        reason = "; ".join([reason] + limits.full_folders(self.tmpfs, crowded=True))
         if self.cell is not None:
             self._flush_streams()
             for text in self._cell_notices(worker_died=True):
@@ -1125,4 +1130,7 @@ class Supervisor:
 def main(boot_header, listener, first_client):
     """Run the agent: ``listener`` is the relays' socket, ``first_client`` the
     (relay connection, stdin, stdout) of the client that booted us."""
-    Supervisor(boot_header.get("config"), listener, first_client).loop()
+    refused = seccomp.block_io_uring()  # before the worker forks: every cell process inherits it
+    supervisor = Supervisor(boot_header.get("config"), listener, first_client)
+    supervisor.notice = supervisor.notice or refused
+    supervisor.loop()
