@@ -12,7 +12,6 @@ import re
 import uuid
 
 from ._errors import FiddleDockError
-from ._status import format_bytes
 
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/sandbox"
@@ -195,7 +194,7 @@ class InstanceSpec:
             value = getattr(self, field)
             if field in fields and memory and parse_size(value, field) > memory:
                 raise InvalidSetting("%s must be at most %s (the engine's memory%s), not %s"
-                                     % (field, format_bytes(memory), why, shown(value)), field)
+                                     % (field, format_size(memory), why, shown(value)), field)
 
     @classmethod
     def from_container(cls, info, fallback):
@@ -263,7 +262,9 @@ class InstanceSpec:
             # The agent runs as root (with AGENT_CAPS only) and runs cells as
             # SANDBOX_UID, which cannot reach it.
             "user": "0:0",
-            "working_dir": SANDBOX_HOME,
+            # The agent (root without DAC_OVERRIDE) may not enter the home
+            # folder (0700, the sandbox user's); the worker goes there itself.
+            "working_dir": "/",
             "environment": env,
             "labels": all_labels,
             "stdin_open": False,  # clients come through their own exec'd relays

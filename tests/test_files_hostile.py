@@ -40,23 +40,6 @@ def as_sandbox_user(code):
             + code)
 
 
-@pytest.fixture
-def root_container(monkeypatch):
-    """New instances run their container as root, with only SETUID, SETGID and KILL,
-    as the agent does once it drops the cell to uid 1000 itself: only then has an
-    exec'd root those capabilities (for a container whose user is 1000, Docker
-    gives an exec'd root none)."""
-    original = _spec.InstanceSpec.container_config
-
-    def as_root(self, *args, **kwargs):
-        config, host_config = original(self, *args, **kwargs)
-        config["user"] = "0:0"
-        # root without DAC_OVERRIDE may not enter /home/sandbox (gVisor checks it)
-        config["working_dir"] = config["environment"]["HOME"] = "/"
-        return config, host_config
-    monkeypatch.setattr(_spec.InstanceSpec, "container_config", as_root)
-
-
 def container_of(shell, docker_client, name):
     return docker_client.containers.get(manager_of(shell).find(name)["Id"])
 
@@ -132,7 +115,7 @@ def runtimes():
 
 
 @pytest.mark.parametrize("runtime", runtimes())
-def test_a_daemon_cannot_stop_the_helper_or_forge_its_output(runtime, root_container, run, line,
+def test_a_daemon_cannot_stop_the_helper_or_forge_its_output(runtime, run, line,
                                                              shell, docker_client, unique_name,
                                                              tmp_path, monkeypatch):
     line("create %s --runtime %s" % (unique_name, runtime))
