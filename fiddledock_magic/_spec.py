@@ -16,6 +16,7 @@ from ._errors import FiddleDockError
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/sandbox"
 AGENT_CAPS = ("SETUID", "SETGID", "KILL")  # what root in an instance may still do
+AGENT_RUN = "/run/fiddledock"  # root-only folder of the agent's socket (see bootstrap.py)
 NETWORKS = ("none", "bridge")
 RUNTIMES = ("runc", "runsc")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -284,6 +285,9 @@ class InstanceSpec:
             "tmpfs": {
                 "/tmp": tmpfs_opts + ",mode=1777",
                 SANDBOX_HOME: tmpfs_opts + ",mode=0700,uid=%d,gid=%d" % (SANDBOX_UID, SANDBOX_UID),
+                # The agent's socket, where only root may enter: the cell's
+                # user can never connect to the agent.
+                AGENT_RUN: "rw,nosuid,nodev,noexec,size=65536,nr_inodes=64,mode=0700",
                 # Replaces the engine's own /dev/shm, so its number of files is bounded too.
                 "/dev/shm": tmpfs_options(min(disk, SHM_MAX), memory) + ",noexec,mode=1777",
             },

@@ -3,22 +3,31 @@
 # The client runs this file's text as the container's main process,
 # `python3 -c <text> [ADDRESS]`, so an image needs nothing but a Python 3.8+:
 # the agent arrives as source (a read-only root filesystem takes no files).
-# It listens on the agent's abstract unix socket; a client's relay (relay.py,
-# exec'd as the same uid) hands over its stdin and stdout there, then stays
+# It listens on the agent's unix socket, in a folder only root may enter (a
+# tmpfs of the instance; the cell's user cannot connect, under gVisor too,
+# whose SO_PEERCRED cannot be trusted); a client's relay (relay.py, exec'd as
+# root) hands over its stdin and stdout there, then stays
 # until that connection closes (the engine ends an exec's streams soon after
 # its process exits). Until a `boot` frame comes, any other frame is answered
 # with `need_boot`.
 # Framing: see protocol.py.
 import array, json, os, socket, struct, sys, types
 
-ADDRESS = sys.argv[1] if len(sys.argv) > 1 else "@fiddledock-agent"
-ADDRESS = "\0" + ADDRESS[1:]  # "@name": an abstract address (argv holds no NUL)
+ADDRESS = sys.argv[1] if len(sys.argv) > 1 else "/run/fiddledock/agent.sock"
 MAX_BOOT = 64 * 1024 * 1024
 
 
 def listen(address):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(address)
+    try:
+        os.unlink(address)  # left by an agent of an earlier start
+    except OSError:
+        pass
+    old = os.umask(0o077)
+    try:
+        sock.bind(address)
+    finally:
+        os.umask(old)
     sock.listen(64)
     return sock
 

@@ -7,12 +7,13 @@ sent its sources, then ``supervisor.py``), running as root with only the
 capabilities it needs; cells run under the sandbox uid and cannot signal,
 trace or write into it. Each client (a kernel, or a one-off control
 request) gets its own byte stream: it runs ``relay.py`` with ``docker exec``
-as root, and the relay hands its own stdin and stdout over an abstract unix
-socket to the agent (which accepts only peers of its own uid) and exits. The
-agent then reads that client's requests from the exec's stdin and writes its
-events to the exec's stdout, so no client's bytes can ever mix with
-another's, and the end of a client's stream (its kernel died) is seen at
-once. No port, no container network; works against a remote engine.
+as root, and the relay hands its own stdin and stdout to the agent over the
+agent's unix socket (in a folder only root may enter, so no cell process can
+connect) and waits. The agent then reads that client's requests from the
+exec's stdin and writes its events to the exec's stdout, so no client's
+bytes can ever mix with another's, and the end of a client's stream (its
+kernel died) is seen at once. No port, no container network; works against
+a remote engine.
 
 Frame
 -----

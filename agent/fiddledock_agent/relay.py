@@ -2,18 +2,19 @@
 #
 # A client runs this file's text with `docker exec` as the agent's uid:
 # `python3 -I -S -c <text> WAIT [ADDRESS]`. It connects to the agent's
-# abstract unix socket (waiting up to WAIT seconds for a container that is
+# unix socket (waiting up to WAIT seconds for a container that is
 # still starting), checks the listener runs as its own uid (so a cell's
 # process cannot pose as the agent) and passes fds 0 and 1. From then on the
 # exec's streams are the agent's channel to this client; the relay only
-# waits, so that the engine keeps them open (it closes an exec's streams
-# shortly after its process exits), and exits when the agent lets go of
-# this client. Standard library only, Python 3.8+.
+# waits (as `sleep` where the image has one), so that the engine keeps them
+# open (it closes an exec's streams shortly after its process exits), until
+# the agent lets go of this client and ends it. Standard library only,
+# Python 3.8+.
 import array, os, socket, struct, sys, time
 
 WAIT = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
-ADDRESS = sys.argv[2] if len(sys.argv) > 2 else "@fiddledock-agent"
-ADDRESS = "\0" + ADDRESS[1:]  # "@name": an abstract address (argv holds no NUL)
+ADDRESS = sys.argv[2] if len(sys.argv) > 2 else "/run/fiddledock/agent.sock"
+SLEEPERS = ("/bin/sleep", "/usr/bin/sleep")
 
 
 def fail(text):
@@ -50,6 +51,13 @@ def main():
         fail("the agent did not take the channel")
     os.close(0)
     os.close(1)  # the agent holds them now
+    # Waiting costs a whole Python (~4 MiB per connected kernel); a `sleep`
+    # costs ~100 KiB. The agent ends this process when it lets go of us.
+    for path in SLEEPERS:
+        try:
+            os.execv(path, [path, "2147483647"])
+        except OSError:
+            pass
     sock.settimeout(None)
     try:
         while sock.recv(4096):

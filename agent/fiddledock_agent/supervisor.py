@@ -238,9 +238,21 @@ def kill_all_of(uid):
         pass
 
 
-def peer_uid(sock):
+def peer_creds(sock):
+    """(pid, uid, gid) of the process at the other end of a unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    return struct.unpack("3i", creds)
+
+
+def peer_uid(sock):
+    return peer_creds(sock)[1]
+
+
+def peer_pid(sock):
+    try:
+        return peer_creds(sock)[0]
+    except OSError:
+        return 0
 
 
 def receive_fds(conn):
@@ -366,6 +378,7 @@ class Client:
     def __init__(self, number, conn, in_fd, out_fd):
         self.number = number
         self.conn = conn
+        self.relay = peer_pid(conn)
         self.in_fd = in_fd
         self.out_fd = out_fd
         os.set_blocking(in_fd, False)
@@ -385,6 +398,13 @@ class Client:
             except OSError:
                 pass
         self.conn.close()
+        # The relay waits (as `sleep`) until we let go: end it, and with it
+        # the engine's exec. Only if that pid is still the relay (root's).
+        if self.relay and _uid_of(self.relay) == os.getuid():
+            try:
+                os.kill(self.relay, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _number(value, default=0.0):
@@ -1115,6 +1135,11 @@ class Supervisor:
             del self.worker.pipes[fd]
             os.close(fd)
 
+    def farewell(self, text):
+        for client in list(self.clients.values()):
+            self._send(client, {"type": "notice", "text": text})
+        self._shutdown()
+
     def _shutdown(self):
         if self.worker is not None:
             self.worker.signal(signal.SIGKILL)
@@ -1125,6 +1150,7 @@ class Supervisor:
                     os.write(client.out_fd, client.queue.popleft())
             except OSError:
                 pass
+            client.close()
 
 
 def main(boot_header, listener, first_client):
@@ -1133,4 +1159,9 @@ def main(boot_header, listener, first_client):
     refused = seccomp.block_io_uring()  # before the worker forks: every cell process inherits it
     supervisor = Supervisor(boot_header.get("config"), listener, first_client)
     supervisor.notice = supervisor.notice or refused
-    supervisor.loop()
+    try:
+        supervisor.loop()
+    except Exception as exc:  # a bug of ours: say what, to whoever is connected
+        supervisor.farewell("the agent failed (%s: %s); the container stops"
+                            % (type(exc).__name__, str(exc)[:300]))
+        raise
