@@ -7,6 +7,7 @@ Docker's stream multiplexing apart and waiting for frames with a deadline.
 
 import select
 import socket
+import time
 import uuid
 
 from fiddledock_agent.protocol import VERSION, FrameReader, ProtocolError, encode
@@ -42,6 +43,7 @@ class AgentConnection:
         self._keepalive = keepalive  # the docker-py response object behind sock
         self.agent_stderr = bytearray()
         self.closed = False
+        self.skipped = 0  # events addressed to other clients, dropped
 
     def send(self, header, payload=b""):
         header = dict(header)
@@ -55,18 +57,25 @@ class AgentConnection:
     def recv(self, timeout=None):
         """The next frame addressed to us, or None when timeout passes.
 
-        Events addressed to other clients of the same instance are skipped.
+        Events addressed to other clients of the same instance are skipped;
+        a stream of them still returns None once timeout has passed.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        skipped = self.skipped
         while True:
             while self._ready:
                 header, payload = self._ready.pop(0)
                 to = header.get("to")
                 if to is None or to == self.client_id:
                     return header, payload
+                self.skipped += 1
             if self.closed:
                 raise ConnectionClosed("the container's stream ended")
             if timeout is not None:
-                readable, _, _ = select.select([self.sock], [], [], timeout)
+                wait = deadline - time.monotonic()
+                if wait < 0 and self.skipped > skipped:
+                    return None
+                readable, _, _ = select.select([self.sock], [], [], max(0.0, wait))
                 if not readable:
                     return None
             try:
