@@ -71,6 +71,22 @@ class AgentError(FiddleDockError):
     """The agent in the container did not speak the protocol."""
 
 
+class MalformedEvent(AgentError):
+    """An instance sent something that is not a well-formed event; its connection was dropped."""
+
+    def __init__(self, name, problem, stopped=False):
+        self.name = name
+        self.problem = problem
+        self.stopped = stopped  # its stream could not be read on, so its container was stopped
+        if stopped:
+            then = ("its output cannot be read any further, so its container was stopped; "
+                    "the next cell restarts it, with a fresh state")
+        else:
+            then = ("this kernel stopped listening to it, and the next cell reconnects "
+                    "(`%%dockerrun restart %s` starts it afresh)" % name)
+        super().__init__("instance %r sent a malformed event (%s): %s" % (name, problem, then))
+
+
 class CellError(FiddleDockError):
     """The cell's code failed in the container.
 
