@@ -15,6 +15,9 @@ import os
 from traitlets import CFloat, CInt, CUnicode, Dict, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
+from fiddledock_agent.protocol import CELL_DISPLAY_BYTES, CELL_DISPLAYS
+
+from ._budget import DISPLAY_BYTES_LIMIT, DISPLAY_LIMIT
 from ._errors import FiddleDockError
 from ._image import DEFAULT_IMAGE
 from ._spec import InstanceSpec, InvalidSetting, check_name
@@ -36,6 +39,13 @@ class DockerRun(Configurable):
     env = Dict(help="Environment variables set in new instances.").tag(config=True)
     idle_timeout = CFloat(3600.0, help="An instance no client used for this many seconds stops itself.").tag(config=True)
     output_limit = CInt(4 * 1024 * 1024, help="Bytes of output kept beneath one cell; the rest is dropped with a notice.").tag(config=True)
+    display_limit = CInt(DISPLAY_LIMIT, help="Outputs display() may add beneath one cell (since its last "
+                                    "clear_output); the rest are dropped with a notice. At most %d."
+                                    % CELL_DISPLAYS).tag(config=True)
+    display_bytes_limit = CInt(DISPLAY_BYTES_LIMIT, help="Bytes of rich output (displays, their updates, "
+                                                      "the cell's value) one cell may show; the rest is "
+                                                      "dropped with a notice. At most %d."
+                                                      % CELL_DISPLAY_BYTES).tag(config=True)
     interrupt_grace = CFloat(2.0, help="Seconds code may ignore KeyboardInterrupt before it is killed.").tag(config=True)
     transfer_limit = CUnicode("100m", help="Largest archive %dockerrun put / get moves (file contents plus 512 bytes per entry), e.g. 100m or 1g.").tag(config=True)
     pool_size = CInt(0, help="Instances with these settings kept started in the background, so a "
@@ -84,6 +94,15 @@ class DockerRun(Configurable):
             raise TraitError("pool_size must be at most %d, not %r"
                              % (MAX_POOL_SIZE, proposal["value"]))
         return proposal["value"]
+
+    @validate("display_limit", "display_bytes_limit")
+    def _within_agent_limits(self, proposal):
+        # An agent never sends more than these for one cell (more counts as hostile).
+        name, value = proposal["trait"].name, proposal["value"]
+        most = CELL_DISPLAYS if name == "display_limit" else CELL_DISPLAY_BYTES
+        if not 0 <= value <= most:
+            raise TraitError("%s must be from 0 to %d, not %r" % (name, most, value))
+        return value
 
     @validate("default_instance")
     def _valid_name(self, proposal):

@@ -86,6 +86,17 @@ class AgentError(FiddleDockError):
     """The agent in the container did not speak the protocol."""
 
 
+class MalformedEvent(AgentError):
+    """An instance sent something that is not a well-formed event; its connection was dropped."""
+
+    def __init__(self, name, problem):
+        self.name = name
+        self.problem = problem
+        super().__init__("instance %r sent a malformed event (%s): this kernel stopped listening "
+                         "to it, and the next cell reconnects (`%%dockerrun restart %s` starts it "
+                         "afresh)" % (name, problem, name))
+
+
 class CellError(FiddleDockError):
     """The cell's code failed in the container.
 

@@ -15,12 +15,17 @@ import socket
 import threading
 import time
 
+from fiddledock_agent.protocol import METADATA_KEY
+
 from ._agent_files import boot_payload, relay_source
-from ._errors import AgentError, InstanceBusy, InstanceLost, plain_text
-from ._protocol import VERSION, AgentConnection, ConnectionClosed
+from ._budget import Flood, cell_budget
+from ._engine import short_error
+from ._errors import AgentError, InstanceBusy, InstanceLost, MalformedEvent, plain_text
+from ._events import BadEvent, done_header, read_event
+from ._protocol import VERSION, AgentConnection, ConnectionClosed, ProtocolError
 
 DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
-AGENT_SLACK = 10.0  # beyond the agent's own escalation, before it counts as wedged
+DEADLINE_SLACK = 5.0  # beyond the agent's own escalation, before it counts as wedged
 BOOT_TIMEOUT = 60.0  # python start under gVisor on a loaded machine can be slow
 PROBE_TIMEOUT = 2.0  # a status probe of an idle agent answers in well under 1 ms
 STOP_SETTLE = 2.0  # how long a container whose channel ended may take to show as stopped
@@ -312,65 +317,125 @@ class Instance:
             self.disconnect()
             raise InstanceLost(self.name, self._why_dead(conn)) from None
         grace = DEFAULT_GRACE if interrupt_grace is None else float(interrupt_grace)
-        # The agent ends a cell by its time limit, or after a kill request, on
-        # its own; past these deadlines it is wedged (stopped, say, by the code).
-        answer_by = time.monotonic() + timeout + 3 * grace + AGENT_SLACK if timeout else None
+        budget = cell_budget(output_limit, getattr(self.manager, "config", None))
+        self._input_wait = 0.0
+        # The agent ends a cell by its time limit (two escalation steps of grace
+        # later at most), or after a kill request, on its own; past these
+        # deadlines it is wedged or hostile, and the kernel stops waiting.
+        started = time.monotonic()
+        answer_by = started + timeout + 2 * grace + DEADLINE_SLACK if timeout else None
         interrupts = 0
+        kill_asked = None
         with _InterruptLatch() as latch:
             while True:
                 try:
                     while interrupts < latch.count:  # forwarded between frames, never mid-frame
                         interrupts += 1
                         conn.send({"type": "interrupt", "id": cell_id, "kill": interrupts > 1})
-                        if interrupts > 1:
-                            kill_by = time.monotonic() + 2 * grace + AGENT_SLACK
-                            answer_by = min(answer_by or kill_by, kill_by)
-                    if answer_by is not None and time.monotonic() > answer_by:
-                        self._stop_wedged(conn)
+                        if interrupts > 1 and kill_asked is None:
+                            kill_asked = time.monotonic()
+                            answer_by = min(answer_by or float("inf"),
+                                            kill_asked + 2 * grace + DEADLINE_SLACK)
+                    if answer_by is not None and time.monotonic() > answer_by + self._input_wait:
+                        self._stop_wedged(started + self._input_wait, timeout, kill_asked)
                     frame = conn.recv(timeout=latch.poll or 1.0)
                     if frame is None:
                         continue
-                    if self._on_event(frame, cell_id, handler, latch):
-                        return frame[0]
+                    done = self._on_event(frame, cell_id, handler, latch, budget)
+                    if done is not None:
+                        return done
                 except KeyboardInterrupt:  # not latched (another thread, or input())
                     latch.count += 1
                 except ConnectionClosed:
                     self.disconnect()
                     raise InstanceLost(self.name, self._why_dead(conn)) from None
+                except AgentError as exc:  # bytes that are no frame
+                    # The connection is this client's own: dropping it drops the rest
+                    # of a frame too large to read, and the next cell reconnects.
+                    cause = exc.__context__ if isinstance(exc.__context__, ProtocolError) else exc
+                    self.disconnect()
+                    raise MalformedEvent(self.name, str(cause)) from None
+                except BadEvent as exc:
+                    self.disconnect()
+                    raise MalformedEvent(self.name, str(exc)) from None
+                except Flood as exc:
+                    self._stop("its agent kept sending far past this cell's limits (%s), "
+                               "so its container was stopped" % exc)
 
-    def _stop_wedged(self, conn):
-        """The agent no longer answers: stop its container, so the next cell starts afresh."""
-        self.engine.kill(self.container_id)
-        self.disconnect()
-        raise InstanceLost(self.name, "its agent stopped answering (the cell's code may have "
-                                      "stopped or killed it), so its container was stopped")
+    def _stop_wedged(self, started, timeout, kill_asked):
+        """The agent did not end the cell in time: stop its container."""
+        now = time.monotonic()
+        if kill_asked is not None:
+            what = "was not stopped %.0f s after the kill request" % (now - kill_asked)
+        else:
+            what = ("did not end %.0f s after its %g s time limit"
+                    % (now - started - timeout, timeout))
+        self._stop("the cell %s: its agent stopped answering (the cell's code may have "
+                   "stopped or taken over it), so its container was stopped" % what)
 
-    def _on_event(self, frame, cell_id, handler, latch):
-        """Hand one event of the running cell to handler; True when it is ``done``."""
-        header, payload = frame
-        if header.get("id") not in (cell_id, None):
-            return False
-        kind = header.get("type")
-        if kind == "stream":
-            handler.stream(header.get("name"), payload)
-        elif kind == "display":
-            handler.display(header.get("data") or {}, header.get("metadata") or {})
-        elif kind == "result":
-            handler.result(header.get("data") or {}, header.get("metadata") or {})
-        elif kind == "notice":
-            handler.notice(header.get("text", ""))
-        elif kind == "input_request":
-            with latch.paused():  # the frontend's own input wait must see it
-                self._answer(handler, header)
-        elif kind == "busy":
-            raise InstanceBusy(self.name, header.get("owner"), header.get("seconds"))
-        elif kind == "done":
-            return True
-        return False
+    def _stop(self, reason):
+        """Stop the container, so the next cell starts afresh, and end the cell with reason."""
+        failed = self._kill()
+        if failed:
+            reason += "; stopping it failed (%s): `%%dockerrun restart %s`" % (failed, self.name)
+        raise InstanceLost(self.name, reason) from None
 
-    def _answer(self, handler, header):
+    def _kill(self):
+        """Drop the connection and kill the container; why that failed, or None."""
+        self.disconnect()  # first: an attach stream nobody reads holds up the engine's kill
         try:
-            value = handler.ask(header.get("prompt", ""), bool(header.get("password")))
+            self.engine.kill(self.container_id)
+        except Exception as exc:  # the cell still ends with one clean error
+            return short_error(exc)
+        return None
+
+    def _on_event(self, frame, cell_id, handler, latch, budget):
+        """Hand one event of the running cell to handler; the ``done`` header when it ends."""
+        event = read_event(frame)
+        if event.id not in (cell_id, None):
+            budget.junk_frame("events of another cell")
+            return None
+        kind = event.kind
+        if kind == "busy":
+            raise InstanceBusy(self.name, frame[0].get("owner"), frame[0].get("seconds"))
+        shown = budget.admit(event)
+        for text in budget.take_notices():
+            handler.notice(text)
+        if shown is None:
+            return None
+        if kind == "stream":
+            handler.stream(event.name, event.data)
+        elif kind in ("display", "result"):
+            data = event.data()
+            for text in event.skipped:
+                handler.notice(text)
+            metadata = dict(event.metadata)
+            control = dict(event.control)
+            if control.get("display_id"):  # an instance can address only its own displays
+                control["display_id"] = "%s-%s-%s" % (self.name, self.container_id[:12],
+                                                      control["display_id"])
+            if kind == "display":
+                metadata[METADATA_KEY] = control
+                handler.display(data, metadata)
+            else:
+                handler.result(data, metadata)
+        elif kind == "notice":
+            handler.notice(event.text)
+        elif kind == "input_request":
+            asked = time.monotonic()
+            with latch.paused():  # the frontend's own input wait must see it
+                self._answer(handler, event)
+            # Time a person took is not the agent's delay (its done may be waiting unread).
+            self._input_wait += time.monotonic() - asked
+        elif kind == "done":
+            return done_header(event)
+        else:
+            budget.junk_frame("events of type %r" % kind[:40])
+        return None
+
+    def _answer(self, handler, event):
+        try:
+            value = handler.ask(event.prompt, event.password)
             reply = {"type": "input_reply", "value": str(value)}
         except KeyboardInterrupt:
             raise

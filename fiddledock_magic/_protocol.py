@@ -10,6 +10,7 @@ transport section there), so nothing another client sends can reach it.
 import select
 import socket
 import threading
+import time
 
 from fiddledock_agent.protocol import VERSION, FrameReader, ProtocolError, encode
 
@@ -57,13 +58,15 @@ class AgentConnection:
 
     def recv(self, timeout=None):
         """The next frame, or None when timeout passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._ready:
                 return self._ready.pop(0)
             if self.closed:
                 raise ConnectionClosed("the container's stream ended")
             if timeout is not None:
-                readable, _, _ = select.select([self.sock], [], [], timeout)
+                wait = deadline - time.monotonic()
+                readable, _, _ = select.select([self.sock], [], [], max(0.0, wait))
                 if not readable:
                     return None
             try:

@@ -5,8 +5,9 @@ whole; bad bytes become U+FFFD), written from the main thread (ipykernel only
 routes main-thread output to the cell) and flushed at a bounded rate so a
 tight print loop does not flood the frontend. Rich output (``display`` and
 the cell's value) passes through ``_safety.safe_bundle`` before it reaches
-the page; display ids from a container are prefixed so it can only update
-its own outputs.
+the page; display ids from a container arrive prefixed with its instance
+(``Instance._on_event``) and are prefixed again here, so a container can
+only update its own outputs, never the notebook's or another instance's.
 """
 
 import codecs
@@ -104,7 +105,7 @@ class CellRenderer(CellHandler):
             return
         data, metadata = safe_bundle(data, metadata)
         display_id = control.get("display_id")
-        if isinstance(display_id, str) and 0 < len(display_id) <= 200:
+        if isinstance(display_id, str) and display_id:
             # Prefixed: a container can only update displays containers made,
             # never one of the notebook's own outputs.
             publish_display_data(data, metadata,

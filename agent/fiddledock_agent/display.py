@@ -1,7 +1,8 @@
 """MIME bundles for objects, the way IPython's display formatter builds them.
 
-Only data leaves the container: every value in a bundle is a str or a
-JSON-able object; binary images are base64 text, as in Jupyter messages.
+Only data leaves the container: every value in a bundle is a str, a
+JSON-able object, or bytes for binary types (images, PDF). ``wire`` turns a
+bundle into the raw parts of a ``display`` frame (see protocol.py).
 Objects are asked through their ``_repr_*_`` methods (``_repr_mimebundle_``
 first, then one method per type, as IPython does), plus formatters that
 other agent modules register for types without such methods (matplotlib
@@ -62,22 +63,44 @@ def plain(obj):
 _BUILTIN_REPRS = tuple(t.__repr__ for t in PRETTY_TYPES)
 
 
+def is_json_type(mime):
+    return mime == "application/json" or mime.endswith("+json")
+
+
 def normalise(mime, value):
-    """A bundle value as JSON-able data; raises TypeError/ValueError if it cannot be."""
+    """A bundle value as str, JSON-able data or (binary types) bytes.
+
+    Raises TypeError/ValueError if it cannot be.
+    """
     if mime in BINARY_TYPES:
-        if isinstance(value, str):
-            return value
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if mime == "application/json" or mime.endswith("+json"):
+        if isinstance(value, str):  # base64 text, as IPython's own objects give
+            return base64.b64decode("".join(value.split()), validate=True)
+        return bytes(value)
+    if is_json_type(mime):
         if isinstance(value, (str, bytes)):  # IPython accepts JSON text too
             value = json.loads(value)
-        json.dumps(value)  # must be JSON-able; raises otherwise
+        json.dumps(value, allow_nan=False)  # must be strict JSON; raises otherwise
         return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if not isinstance(value, str):
         raise TypeError("%s data must be str, not %s" % (mime, type(value).__name__))
     return value
+
+
+def wire(data):
+    """``(parts, payload)`` of a bundle for a ``display``/``result`` frame."""
+    parts, chunks = [], []
+    for mime, value in data.items():
+        if isinstance(value, bytes):
+            raw = value
+        elif is_json_type(mime):
+            raw = json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        else:
+            raw = value.encode("utf-8", "replace")
+        parts.append([mime, len(raw)])
+        chunks.append(raw)
+    return parts, b"".join(chunks)
 
 
 def _split(result):

@@ -61,10 +61,15 @@ Events (agent -> client)
 ``interrupted``   answer to a forced ``interrupt``: ``owner`` and ``seconds``
                   of the cell interrupted, or ``owner: null`` if none ran.
 ``stream``        header ``name`` (stdout|stderr); payload: output bytes.
-``display``       header ``data`` (MIME bundle: mime type -> str or JSON),
-                  ``metadata``. The metadata key ``fiddledock`` is reserved:
+``display``       a MIME bundle. Header ``parts``: ``[[mime type, length],
+                  ...]``, and ``metadata`` (JSON object). Payload: the
+                  parts' values one after the other, as raw bytes: images
+                  and PDF as their own bytes (not base64), JSON types
+                  (``application/json``, ``*+json``) as JSON text, every
+                  other type as UTF-8 text. So a big image never makes a
+                  big header. The metadata key ``fiddledock`` is reserved:
                   ``{"display_id", "update"}`` for display ids, or
-                  ``{"clear": true, "wait"}`` (empty data) for clear_output.
+                  ``{"clear": true, "wait"}`` (no parts) for clear_output.
 ``result``        like display, for the value of the cell's last expression.
 ``input_request`` header ``prompt``, ``password``.
 ``notice``        header ``text``: something the user should know (output
@@ -77,6 +82,14 @@ Events (agent -> client)
                   ``killed`` (``reason``: why the worker died, e.g. "exited
                   with status 3"; ``cause``: ``timeout``, ``interrupt`` or
                   null; ``state_lost``: true; its state is lost).
+
+Limits: a header is at most ``MAX_HEADER`` bytes, a payload ``MAX_PAYLOAD``
+(a display whose values would not fit is not sent), and JSON nested deeper
+than the parser allows is a ``ProtocolError``. For one cell a well-behaved
+agent sends at most ``output_limit`` bytes of ``stream`` payload,
+``CELL_DISPLAYS`` display/result events, ``CELL_DISPLAY_BYTES`` bytes of
+their payloads and ``CELL_NOTICES`` notices; the client treats an agent that
+sends much more as hostile. The client may enforce tighter limits.
 
 Nothing here is ever unpickled or evaluated: headers are JSON, payloads bytes.
 This module is the single definition of the framing; the notebook side
@@ -91,12 +104,26 @@ VERSION = 2
 # ids, clear_output); the client strips it before anything reaches the page.
 METADATA_KEY = "fiddledock"
 HEADER = struct.Struct(">II")
-MAX_HEADER = 64 * 1024 * 1024
-MAX_PAYLOAD = 256 * 1024 * 1024
+# Headers are small by design (bulk data travels in payloads): a JSON text of
+# 1 MiB can take ~25 MiB once parsed, a bound a notebook kernel can afford.
+MAX_HEADER = 1024 * 1024
+MAX_PAYLOAD = 16 * 1024 * 1024
+# A request's payload (a cell's source, the agent's own sources at boot) may
+# be bigger: the agent reads it from a client, the worker from the agent.
+MAX_REQUEST_PAYLOAD = 256 * 1024 * 1024
+# The most a well-behaved agent sends for one cell, whatever the client's
+# own (lower) limits are.
+CELL_DISPLAYS = 10000
+CELL_DISPLAY_BYTES = 256 * 1024 * 1024
+CELL_NOTICES = 100
 
 
 class ProtocolError(Exception):
     """The byte stream is not a sequence of frames."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame announces more bytes than the limits: the stream cannot be read on."""
 
 
 def encode(header, payload=b""):
@@ -124,15 +151,17 @@ class FrameReader:
         while len(buf) - pos >= HEADER.size:
             hlen, plen = HEADER.unpack_from(buf, pos)
             if hlen > self.max_header or plen > self.max_payload:
-                raise ProtocolError("frame too large (%d, %d)" % (hlen, plen))
+                raise FrameTooLarge("frame too large (%d, %d)" % (hlen, plen))
             end = pos + HEADER.size + hlen + plen
             if len(buf) < end:
                 break
             start = pos + HEADER.size
             try:
                 header = json.loads(bytes(buf[start:start + hlen]))
-            except (ValueError, RecursionError) as exc:
-                raise ProtocolError("bad frame header: %s" % type(exc).__name__)
+            except ValueError as exc:
+                raise ProtocolError("bad frame header: %s" % exc)
+            except RecursionError:  # the C parser's own depth check, raised cleanly
+                raise ProtocolError("frame header nested too deep")
             if not isinstance(header, dict):
                 raise ProtocolError("frame header is not an object")
             payload = bytes(buf[start + hlen:end])

@@ -53,8 +53,6 @@ KILL_WAIT = 2.0  # how long to wait for killed processes to be gone
 MAX_WAIT = 86400.0  # the longest single select() wait
 MAX_CLIENTS = 64  # connected at once; more are turned away
 CLIENT_QUEUE_MAX = 4 * 1024 * 1024  # events a client that runs no cell may leave unread
-CLIENT_MAX_HEADER = 1024 * 1024  # a request header (JSON) from a client
-CLIENT_MAX_PAYLOAD = 256 * 1024 * 1024  # a cell's source, or the agent's own sources
 SANDBOX_UID = 1000  # who cells run as when the agent runs as root
 DEFAULTS = {
     "idle_timeout": 3600.0,
@@ -383,7 +381,7 @@ class Client:
         self.out_fd = out_fd
         os.set_blocking(in_fd, False)
         os.set_blocking(out_fd, False)
-        self.reader = protocol.FrameReader(CLIENT_MAX_HEADER, CLIENT_MAX_PAYLOAD)
+        self.reader = protocol.FrameReader(max_payload=protocol.MAX_REQUEST_PAYLOAD)
         self.queue = collections.deque()
         self.queued = 0
         self.writing = False  # registered for EVENT_WRITE

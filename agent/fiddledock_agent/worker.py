@@ -13,7 +13,6 @@ import ast
 import builtins
 import fcntl
 import io
-import json
 import linecache
 import os
 import signal
@@ -50,7 +49,7 @@ class Channel:
 
     def __init__(self, sock):
         self._sock = sock
-        self._reader = protocol.FrameReader()
+        self._reader = protocol.FrameReader(max_payload=protocol.MAX_REQUEST_PAYLOAD)
         self._pending = []
         self._lock = threading.Lock()
         self._pipes = []
@@ -225,7 +224,8 @@ class Worker:
         self.count = 0
         self.stdin_allowed = False
         self.post_cell_hooks = []
-        self.rich_sent = 0  # bytes of display/result data sent in this cell
+        self.rich_events = 0  # display/result events sent in this cell
+        self.rich_sent = 0  # bytes of their payloads and headers
         self.rich_dropped = 0
         flusher = Flusher()
         self.stdout = OutputStream(channel, "stdout", 1, flusher)
@@ -305,8 +305,8 @@ class Worker:
     def clear_output(self, wait=False):
         """IPython's clear_output(): clear the cell's output (at the next output with wait)."""
         self.flush()
-        self.channel.send({"type": "display", "data": {},
-                           "metadata": {RESERVED: {"clear": True, "wait": bool(wait)}}})
+        self._send_rich({"type": "display", "parts": [],
+                         "metadata": {RESERVED: {"clear": True, "wait": bool(wait)}}})
 
     # --- running a cell ----------------------------------------------------
     def run_cell(self, source, filename):
@@ -347,19 +347,36 @@ class Worker:
 
     def send_bundle(self, kind, data, meta):
         """A display or result event, within the size limits for rich output."""
-        size = _bundle_size(data)
-        if size > MAX_BUNDLE:
+        parts, payload = display_mod.wire(data)
+        header = {"type": kind, "parts": parts, "metadata": meta}
+        if len(payload) > MAX_BUNDLE:
             self.warn("[fiddledock] an output of %.1f MB was not shown: one output may "
-                      "have at most %d MB" % (size / 1e6, MAX_BUNDLE >> 20))
+                      "have at most %d MB" % (len(payload) / 1e6, MAX_BUNDLE >> 20))
             return
-        if self.rich_sent + size > RICH_LIMIT:
+        head = len(protocol.encode(header))
+        if head > protocol.MAX_HEADER:
+            self.warn("[fiddledock] an output was not shown: its metadata is larger than "
+                      "%d KB" % (protocol.MAX_HEADER >> 10))
+            return
+        self._send_rich(header, payload, head)
+
+    def _send_rich(self, header, payload=b"", head=0):
+        """Within the most one cell sends (protocol.CELL_DISPLAYS, CELL_DISPLAY_BYTES).
+
+        The notebook side drops what passes its own, lower limits, and says so.
+        """
+        size = len(payload) + head
+        if (self.rich_events >= protocol.CELL_DISPLAYS
+                or self.rich_sent + size > protocol.CELL_DISPLAY_BYTES):
             if not self.rich_dropped:
-                self.warn("[fiddledock] rich output truncated: this cell already showed "
-                          "%d MB of it; the rest is dropped" % (RICH_LIMIT >> 20))
+                self.warn("[fiddledock] display output stopped: this cell sent %d displays or "
+                          "%d MB of them, the most one cell may send"
+                          % (protocol.CELL_DISPLAYS, protocol.CELL_DISPLAY_BYTES >> 20))
             self.rich_dropped += 1
             return
+        self.rich_events += 1
         self.rich_sent += size
-        self.channel.send({"type": kind, "data": data, "metadata": meta})
+        self.channel.send(header, payload)
 
     def after_cell(self):
         """Post-cell hooks (figures still open, ...); a failing hook never loses the cell's end."""
@@ -381,7 +398,7 @@ class Worker:
                     continue
                 self.count += 1
                 self.stdin_allowed = bool(header.get("stdin"))
-                self.rich_sent = self.rich_dropped = 0
+                self.rich_events = self.rich_sent = self.rich_dropped = 0
                 name = "<cell %d>" % self.count
                 done = self.run_cell(payload.decode("utf-8", "replace"), name)
                 self.after_cell()
@@ -393,18 +410,8 @@ class Worker:
 
 
 RESERVED = protocol.METADATA_KEY
-# Rich output is bounded like streams are: one bundle must fit a frame header
-# (protocol.MAX_HEADER), and a display loop must not flood the notebook.
-MAX_BUNDLE = 16 << 20
-RICH_LIMIT = 48 << 20
-
-
-def _bundle_size(data):
-    """About the bytes a bundle takes on the wire (without encoding it twice)."""
-    size = 0
-    for mime, value in data.items():
-        size += len(mime) + (len(value) if isinstance(value, str) else len(json.dumps(value)))
-    return size
+# One output must fit a frame's payload.
+MAX_BUNDLE = protocol.MAX_PAYLOAD
 
 
 def _ends_with_semicolon(lines):
