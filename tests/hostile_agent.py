@@ -46,7 +46,11 @@ def run_cell(to, cid, source):
         ev({"type": "display", "parts": [["text/plain", len(data)]], "metadata": meta}, data)
 
     attack = source.split("\n", 1)[0].strip()
-    if attack == "#stream-flood":
+    if attack == "#flood-after-done":  # ends the cell, then floods the idle kernel
+        ev({"type": "done", "status": "ok"})
+        while True:
+            ev({"type": "stream", "name": "stdout"}, b"between cells " * 4096)
+    elif attack == "#stream-flood":
         while True:
             ev({"type": "stream", "name": "stdout"}, b"x" * 65536)
     elif attack == "#display-flood":
@@ -58,9 +62,6 @@ def run_cell(to, cid, source):
     elif attack == "#junk-flood":
         while True:
             ev({"type": "no-such-event"}, b"j" * 1024)
-    elif attack == "#other-client-flood":
-        while True:
-            ev({"type": "stream", "name": "stdout", "to": "someone-else"}, b"not yours")
     elif attack == "#huge-header":
         out(json.dumps({"type": "stream", "name": "stdout", "to": to, "id": cid,
                         "pad": "x" * (16 << 20)}).encode(), b"forged")
