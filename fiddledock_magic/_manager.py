@@ -356,10 +356,15 @@ class InstanceManager:
                 held.lock.release()
 
     def _force_reset(self, inst, done):
-        """Reset over a separate connection, ending the running cell (told ``done``)."""
+        """Reset over a separate connection, ending the running cell (told ``done``).
+
+        This kernel's cell reads ``ended_by``; the agent's ``reason`` reaches a cell
+        of another kernel, whose message reads "the cell <reason>; ...".
+        """
         inst.ended_by = done
+        reason = "was ended: instance %r was %s of another kernel" % (inst.name, done)
         try:
-            reply = inst.control({"type": "reset", "force": True, "reason": done})
+            reply = inst.control({"type": "reset", "force": True, "reason": reason})
         except BaseException:
             inst.ended_by = None  # nothing was ended
             raise

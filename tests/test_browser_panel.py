@@ -5,7 +5,8 @@ cell while it still runs), then `%dockerrun panel`. In the panel the
 instance has its row; "make default" marks it; the create form makes a
 second instance, whose row appears; delete asks for confirmation, then the
 row goes and so does the container (checked through the Docker API), and
-`%dockerrun list` no longer shows it. Screenshots go to the test's tmp_path;
+`%dockerrun list` no longer shows it. Restart asks first too: cancel leaves
+the container, yes replaces it. Screenshots go to the test's tmp_path;
 with FIDDLEDOCK_SCREENSHOT=path set, the one after the create is also saved
 there (that is how docs/screenshot.png is made).
 """
@@ -137,3 +138,22 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
     listing = nb.output(3)
     expect(listing).to_contain_text(first, timeout=ROW_TIMEOUT)
     assert second not in listing.inner_text()
+
+    # Restart asks first, like delete; cancel changes nothing.
+    before = docker_client.api.inspect_container(container_name(first, scope))["Id"]
+    panel.scroll_into_view_if_needed()
+    alice.locator("button.fd-restart").click()
+    expect(alice.locator(".fd-confirm-text")).to_have_text(
+        "Restart %s? It gets a new container: its variables and files are lost." % first,
+        timeout=ROW_TIMEOUT)
+    nb.screenshot(tmp_path / "06-confirm-restart.png")
+    alice.locator("button.fd-cancel").click()
+    expect(alice.locator("button.fd-restart")).to_be_visible(timeout=ROW_TIMEOUT)
+    assert docker_client.api.inspect_container(container_name(first, scope))["Id"] == before
+    alice.locator("button.fd-restart").click()
+    alice.locator("button.fd-confirm-restart").click()
+    expect(panel.locator(".fd-message")).to_contain_text(
+        "restarted '%s': a new container, its state is lost" % first, timeout=ROW_TIMEOUT)
+    assert docker_client.api.inspect_container(container_name(first, scope))["Id"] != before
+    expect(alice.locator("button.fd-restart")).to_be_visible(timeout=ROW_TIMEOUT)
+    nb.screenshot(tmp_path / "07-restarted.png")
