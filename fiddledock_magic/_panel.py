@@ -38,10 +38,26 @@ def _cell(width, widget=None):
     return widget
 
 
+def _beside_cells(widget):
+    """Let the frontend's messages to ``widget`` be handled while a cell runs.
+
+    JupyterLab 4.6+ sends widget messages over a kernel subshell, which runs
+    beside the main shell's cell. ipykernel 7 routes a widget's messages to
+    the shell that last sent on it instead; for this panel, which is drawn
+    from its refresh thread, that is the main shell, where a click waits
+    until the running cell has finished. Keep the frontend's choice.
+    """
+    comm = getattr(widget, "comm", None)
+    if comm is not None and callable(getattr(comm, "_reply_subshell_for", None)):
+        comm._reply_subshell_for = lambda data, default: default
+    return widget
+
+
 def _button(text, cls, tooltip, style=""):
-    b = widgets.Button(description=text, tooltip=tooltip, button_style=style,
-                       layout=widgets.Layout(width="auto", height="28px", margin="0 4px 0 0",
-                                             flex="0 0 auto"))
+    b = _beside_cells(widgets.Button(
+        description=text, tooltip=tooltip, button_style=style,
+        layout=widgets.Layout(width="auto", height="28px", margin="0 4px 0 0",
+                              flex="0 0 auto")))
     b.add_class(cls)
     return b
 
@@ -174,9 +190,9 @@ class InstancePanel(widgets.VBox):
         self.updated.add_class("fd-updated")
         self.b_refresh = _button("refresh", "fd-refresh", "Read the instances again now")
         self.b_refresh.icon = "refresh"
-        self.live = widgets.Checkbox(description="live", indent=False,
-                                     tooltip="Refresh every few seconds while visible",
-                                     layout=widgets.Layout(width="70px"))
+        self.live = _beside_cells(widgets.Checkbox(
+            description="live", indent=False, tooltip="Refresh every few seconds while visible",
+            layout=widgets.Layout(width="70px")))
         widgets.link((model, "live"), (self.live, "value"))
         header = widgets.HBox([self.title, self.default_label,
                                widgets.HBox(layout=widgets.Layout(flex="1")),
@@ -192,9 +208,10 @@ class InstancePanel(widgets.VBox):
         # create form
         self.fields = {}
         for f in FIELDS:
-            t = widgets.Text(description=LABELS[f], placeholder=self._placeholder(f),
-                             style={"description_width": "initial"},
-                             layout=widgets.Layout(width="auto", max_width="none"))
+            t = _beside_cells(widgets.Text(description=LABELS[f],
+                                           placeholder=self._placeholder(f),
+                                           style={"description_width": "initial"},
+                                           layout=widgets.Layout(width="auto", max_width="none")))
             t.layout.width = FIELD_WIDTHS[f]
             t.add_class("fd-field-" + f)
             self.fields[f] = t
