@@ -8,16 +8,17 @@ panel's "make default" are the same setting), and the rows come from
 by ``%%dockerrun`` appears here and one deleted here is gone from
 ``%dockerrun list``.
 
-Threads: the kernel runs widget callbacks on its main thread between cells,
-so anything slow (stats, create, restart, reset, delete) runs on a background
-thread and only sets traits here. Actions are per instance: one at a time on
-each instance, any number on different ones (the manager serializes their
-engine work); each shows on its own row, the rest of the panel stays usable.
-An action acts at once: a cell running in the instance is ended and told
-which action ended it (see ``InstanceManager``). Every trait change goes through one lock,
-so the view's observers (which send widget updates over comms, which is
-thread-safe) never interleave. Nothing in a thread prints: outcomes and
-errors become ``message``; a traceback never reaches a log.
+Threads: the kernel runs widget callbacks on its main thread between cells
+(or, with JupyterLab's comms over subshells, on a subshell's thread beside a
+running cell), so anything slow (stats, create, restart, reset, delete) runs
+on a background thread and only sets traits here. Actions are per instance:
+one at a time on each, any number on different ones (the manager serializes
+their engine work); each shows on its own row, the rest of the panel stays
+usable. An action acts at once: a cell running in the instance is ended and
+told which action ended it (see ``InstanceManager``). Every trait change goes
+through one lock, so the view's observers (which send widget updates over
+comms, which is thread-safe) never interleave. Nothing in a thread prints:
+outcomes and errors become ``message``; a traceback never reaches a log.
 """
 
 import threading
