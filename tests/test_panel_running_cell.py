@@ -41,7 +41,7 @@ def _click(name=%(name)r, action=%(action)r):
     _seen["still_running"] = _manager.instances[name].running_cell
     if action == "reset":
         _model.reset(name)
-    else:
+    elif action:  # restart or delete ask first; no action: only look
         _model.request(action, name)
         _seen["asked"] = _model.confirming.get(name)
         _model.confirm(name)
@@ -148,3 +148,32 @@ def test_reset_ends_the_running_cell_and_keeps_the_container(kernel, unique_name
                           "socket.gethostname())" % name)
     assert out.split() == ["False", "True", before.strip()]
     assert err == ""
+
+
+def test_other_rows_act_while_a_cell_runs_and_leave_it_running(kernel, unique_name):
+    busy, other = unique_name, unique_name + "b"
+    ok(kernel, "%%%%dockerrun %s\nx = 1" % busy)
+    ok(kernel, "%%%%dockerrun %s\ny = 1" % other)
+    ok(kernel, CLICK % {"name": busy, "action": ""} + """
+def _other(name=%r):
+    while not _seen.get("status"):
+        time.sleep(0.05)
+    _model.reset(name)
+    _seen["other_busy"] = _model.busy(name)
+    _model.wait()
+    _seen["other"] = _model.message
+    _seen["cell_still_running"] = _manager.instances[%r].running_cell
+
+threading.Thread(target=_other, daemon=True).start()
+""" % (other, busy))
+    reply, msgs = kernel.execute("%%%%dockerrun %s\nimport time\ntime.sleep(8)\nprint('finished')"
+                                 % busy, timeout=120)
+    assert reply["status"] == "ok"
+    assert stream_text(msgs) == "finished\n"
+    out = ok(kernel, "_model.wait(); print(_seen)")[0]
+    assert "'other_busy': True" in out
+    assert "'other': \"reset %r: a fresh namespace in the same container\"" % other in out
+    assert "'cell_still_running': True" in out  # done while the cell ran, which then went on
+    # The reset row lost its namespace; the running cell's instance kept its own.
+    assert ok(kernel, "%%%%dockerrun %s\nprint('y' in globals())" % other)[0] == "False\n"
+    assert ok(kernel, "%%%%dockerrun %s\nprint(x)" % busy)[0] == "1\n"
