@@ -5,7 +5,7 @@ The names below are the public Python API; everything else is private.
 """
 
 from ._config import DockerRun
-from ._errors import (AgentError, CellError, CellKilled, CellTimeout, EngineError,
+from ._errors import (AgentError, CellEnded, CellError, CellKilled, CellTimeout, EngineError,
                       EngineUnavailable, FiddleDockError, ImageBuildError, ImageNotFound,
                       InstanceBusy, InstanceConflict, InstanceLost, InstanceNotFound,
                       TransferError, UnsafeArchive)
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentError",
+    "CellEnded",
     "CellError",
     "CellKilled",
     "CellTimeout",

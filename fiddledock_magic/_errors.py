@@ -128,6 +128,19 @@ class CellKilled(FiddleDockError):
         return ["\x1b[0;31m%s\x1b[0m" % self]
 
 
+class CellEnded(CellKilled):
+    """The cell was ended by an action on its instance (restart, delete, reset).
+
+    ``action`` says what was done and by whom, e.g. "restarted from the panel".
+    """
+
+    def __init__(self, name, action):
+        self.name = name
+        self.action = action
+        super().__init__("the cell was ended: instance %r was %s; its state is lost"
+                         % (name, action))
+
+
 class CellTimeout(CellKilled):
     """The cell ran past its time limit.
 

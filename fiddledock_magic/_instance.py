@@ -151,6 +151,9 @@ class Instance:
         # (another thread) never reads the same connection.
         self.lock = threading.RLock()
         self.running_cell = False  # a cell of this kernel is running (for probe)
+        # Set by the manager before it restarts, deletes or resets the instance
+        # under a running cell ("restarted from the panel"): the cell's message.
+        self.ended_by = None
         self._cell_ids = itertools.count(1)
         self._engine = engine
 

@@ -13,7 +13,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ._commands import LineCommands, parse_words, split_line
-from ._errors import CellError, CellKilled, CellTimeout, FiddleDockError, InstanceLost
+from ._errors import (CellEnded, CellError, CellKilled, CellTimeout, FiddleDockError,
+                      InstanceLost)
 from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
 
@@ -80,14 +81,19 @@ class DockerRunMagics(Magics):
 
     def _run(self, name, cell, timeout, args):
         renderer = CellRenderer(self.shell)
+        instance = None
         try:
             instance = self.manager.get(name, image=args.image, notice=renderer.notice,
                                         progress=renderer.progress)
+            instance.ended_by = None  # from here on, an action on the instance ends this cell
             done = instance.execute(cell, renderer, timeout=timeout, reset=args.reset,
                                     output_limit=self.config_obj.output_limit,
                                     interrupt_grace=self.config_obj.interrupt_grace)
         except InstanceLost as exc:  # the container stopped under the cell
             renderer.finish()
+            ended_by = instance and instance.ended_by
+            if ended_by:  # restarted or deleted (from the panel, say) while it ran
+                return self._fail(CellEnded(exc.name, ended_by), args.no_raise)
             return self._fail(InstanceLost(exc.name, "%s; the next cell restarts it, with a fresh "
                                            "state" % exc.reason), args.no_raise)
         except FiddleDockError as exc:
@@ -95,6 +101,7 @@ class DockerRunMagics(Magics):
             return self._fail(exc, args.no_raise)
         finally:
             renderer.finish()
+        ended_by, instance.ended_by = instance.ended_by, None
         status = done.get("status")
         if status == "ok":
             return renderer.value
@@ -107,6 +114,8 @@ class DockerRunMagics(Magics):
             error = CellTimeout(
                 reason or "timed out after %g s: KeyboardInterrupt raised; namespace kept" % timeout,
                 (done.get("error") or {}).get("traceback") or [])
+        elif ended_by and status == "killed":  # reset (from the panel, say) while it ran
+            error = CellEnded(instance.name, ended_by)
         else:  # the worker died or was killed: say why, and that the state is gone
             cls = CellTimeout if done.get("cause") == "timeout" else CellKilled
             error = cls("the cell %s; its namespace was lost and the next cell runs in a "

@@ -17,13 +17,16 @@ import threading
 from . import _image
 from ._agent_files import bootstrap_source
 from ._engine import LABEL, Engine
-from ._errors import ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
+from ._errors import AgentError, ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
 from ._instance import Instance, client_description, describe_stop
 from ._spec import (InstanceSpec, InvalidSetting, check_name, container_name,
                     instance_name, is_pool_container_name, scope_id)
 from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
 
 STATUS_THREADS = 32  # stats samples take ~1 s each on the engine: run them side by side
+# A status probe holds an instance's lock for a moment, a running cell
+# for as long as it runs: an action waits this long before it counts the instance as busy.
+CLAIM_WAIT = 0.5
 
 
 def _owner():
@@ -57,6 +60,7 @@ class InstanceManager:
         self.config = config
         self.engine = engine or Engine()
         self.instances = {}  # name -> Instance, connected in this kernel
+        self.deleted = {}  # name -> how it was deleted, for the cell that makes it anew
         self._changes = threading.RLock()  # see _serialized
         self.pool = Pool(self)
         config.capacity_check = self.check_capacity
@@ -123,7 +127,11 @@ class InstanceManager:
             inst.disconnect()
         info = self.engine.inspect(container_name(name, self.scope))
         if info is None:
-            if inst is not None:
+            how = self.deleted.pop(name, None)
+            if how:
+                notice("instance %r was %s, so this cell runs in a new instance of that "
+                       "name, with a fresh state" % (name, how))
+            elif inst is not None:
                 notice("instance %r was gone (removed, or the engine restarted); "
                        "created a new one: its previous state is lost" % name)
             self.instances.pop(name, None)
@@ -167,6 +175,7 @@ class InstanceManager:
             self._ensure_image(spec.image, progress)
             inst = self.start_container(cname, name, spec, self.labels(name))
         self.instances[name] = inst
+        self.deleted.pop(name, None)
         return inst
 
     def start_container(self, cname, name, spec, labels, engine=None):
@@ -232,60 +241,93 @@ class InstanceManager:
     def names(self):
         return sorted(self.name_of(r) for r in self.list())
 
-    @_serialized
-    def delete(self, name):
-        info = self.find(name)
+    # Every action acts at once: a cell running in the instance is ended, and its
+    # message says what was done and by whom (``by``, e.g. "from the panel").
+
+    def _remove(self, name, container_id, done):
+        """Remove an instance's container; ``done`` ("deleted from the panel") is
+        what a cell of this kernel running in it is told.
+
+        An idle connection is closed here. A running cell keeps its own: it
+        sees the stream end when the container goes, and closes it (closing a
+        socket that another thread reads could hand its descriptor to the
+        next connection).
+        """
         inst = self.instances.pop(name, None)
         if inst is not None:
-            inst.disconnect()
-        self.engine.remove(info["Id"])
+            if inst.lock.acquire(timeout=CLAIM_WAIT):
+                try:
+                    inst.disconnect()
+                finally:
+                    inst.lock.release()
+            else:
+                inst.ended_by = done
+        self.engine.remove(container_id)
 
     @_serialized
-    def delete_all(self):
+    def delete(self, name, by="with %dockerrun delete"):
+        info = self.find(name)
+        self._remove(name, info["Id"], "deleted " + by)
+        self.deleted[name] = "deleted " + by
+
+    @_serialized
+    def delete_all(self, by="with %dockerrun delete --all"):
         names = []
         for summary in self.list():
             name = self.name_of(summary)
-            inst = self.instances.pop(name, None)
-            if inst is not None:
-                inst.disconnect()
-            self.engine.remove(summary["Id"])
+            self._remove(name, summary["Id"], "deleted " + by)
+            self.deleted[name] = "deleted " + by
             names.append(name)
         return sorted(names)
 
     @_serialized
-    def restart(self, name, progress=lambda line: None):
+    def restart(self, name, progress=lambda line: None, by="with %dockerrun restart"):
         """A new container with the same settings: state is lost."""
         info = self.find(name)
         spec = InstanceSpec.from_container(info, self.default_spec())
-        self.delete(name)
+        self._remove(name, info["Id"], "restarted " + by)
         return self.create(name, spec, progress=progress)
 
     @_serialized
-    def reset(self, name, reason=None):
-        """A fresh namespace in the same container.
+    def reset(self, name, by="with %dockerrun reset"):
+        """A fresh namespace in the same container, now: a running cell is ended.
 
-        A cell running there is ended first (another kernel's, or this
-        kernel's when the panel asks): returns ``{"owner", "seconds"}`` of
-        that cell as the agent reported it, or None when none ran.
+        Returns ``{"owner", "seconds"}`` of the cell that was ended, as the
+        agent reported it, or None when none ran.
         """
-        info = self.find(name)  # reset never creates
-        inst = self.instances.get(name)
-        if inst is None or inst.idle():
+        self.find(name)  # reset never creates
+        done = "reset " + by
+        held = self.instances.get(name)
+        if held is not None and not held.lock.acquire(timeout=CLAIM_WAIT):
+            return self._force_reset(held, done)  # a cell of this kernel is running
+        try:  # held: no cell of this kernel can start meanwhile
             inst = self.get(name)
-            if inst.lock.acquire(blocking=False):
-                try:
-                    inst.reset()
-                    return None
-                except InstanceBusy:
-                    pass  # another kernel's cell: ended below
-                finally:
-                    inst.lock.release()
-        elif inst.container_id != info["Id"]:
-            inst = Instance(self, name, info)
-        answer = inst.control({"type": "reset", "force": True,
-                               "reason": reason or "the instance was reset by %s"
-                               % client_description()})
-        return answer.get("ended")
+            try:
+                inst.reset()
+            except InstanceBusy:  # a cell of another kernel is running
+                return self._force_reset(inst, done)
+        finally:
+            if held is not None:
+                held.lock.release()
+        return None
+
+    def _force_reset(self, inst, done):
+        """Reset over a separate connection, ending the running cell (told ``done``).
+
+        This kernel's cell reads ``ended_by``; the agent's ``reason`` reaches a cell
+        of another kernel, whose message reads "the cell was ended: <reason>; ...".
+        """
+        inst.ended_by = done
+        reason = "instance %r was %s by %s" % (inst.name, done, client_description())
+        try:
+            reply = inst.control({"type": "reset", "force": True, "reason": reason})
+        except BaseException:
+            inst.ended_by = None  # nothing was ended
+            raise
+        if (reply or {}).get("type") != "ready":
+            raise AgentError("instance %r did not confirm the reset (%s)"
+                             % (inst.name, (reply or {}).get("type") or "no answer"))
+        return reply.get("ended")
 
     def interrupt(self, name):
         """KeyboardInterrupt in the cell running in instance name, whoever started it.
@@ -386,6 +428,7 @@ class InstanceManager:
         for inst in self.instances.values():
             inst.disconnect()
         self.instances.clear()
+        self.deleted.clear()
 
     def close(self):
         self.pool.close()

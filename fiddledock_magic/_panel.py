@@ -38,10 +38,26 @@ def _cell(width, widget=None):
     return widget
 
 
+def _beside_cells(widget):
+    """Let the frontend's messages to ``widget`` be handled while a cell runs.
+
+    JupyterLab 4.6+ sends widget messages over a kernel subshell, which runs
+    beside the main shell's cell. ipykernel 7 routes a widget's messages to
+    the shell that last sent on it instead; for this panel, which is drawn
+    from its refresh thread, that is the main shell, where a click waits
+    until the running cell has finished. Keep the frontend's choice.
+    """
+    comm = getattr(widget, "comm", None)
+    if comm is not None and callable(getattr(comm, "_reply_subshell_for", None)):
+        comm._reply_subshell_for = lambda data, default: default
+    return widget
+
+
 def _button(text, cls, tooltip, style=""):
-    b = widgets.Button(description=text, tooltip=tooltip, button_style=style,
-                       layout=widgets.Layout(width="auto", height="28px", margin="0 4px 0 0",
-                                             flex="0 0 auto"))
+    b = _beside_cells(widgets.Button(
+        description=text, tooltip=tooltip, button_style=style,
+        layout=widgets.Layout(width="auto", height="28px", margin="0 4px 0 0",
+                              flex="0 0 auto")))
     b.add_class(cls)
     return b
 
@@ -63,8 +79,14 @@ def _drawing(method):
     return draw
 
 
+def _spinning(text):
+    return "<span style='color:#1565c0'><i class='fa fa-spinner fa-spin'></i> %s</span>" \
+           % _esc(text)
+
+
 class InstanceRow(widgets.HBox):
-    """One instance: its numbers and its buttons (or the delete confirmation)."""
+    """One instance: its numbers and its buttons, or a confirmation, or its action
+    under way (then only this row waits)."""
 
     def __init__(self, panel, name):
         self.panel = panel
@@ -75,23 +97,29 @@ class InstanceRow(widgets.HBox):
         self.b_default = _button("make default", "fd-make-default",
                                  "A bare %%dockerrun runs in this instance")
         self.b_restart = _button("restart", "fd-restart",
-                                 "New container with the same settings; state is lost")
+                                 "New container with the same settings; state is lost; "
+                                 "a running cell is ended")
         self.b_reset = _button("reset", "fd-reset",
-                               "Fresh Python namespace in the same container")
-        self.b_delete = _button("delete", "fd-delete", "Remove the instance and its container",
-                                "danger")
-        self.ask = widgets.HTML(value="Delete <b>%s</b>? Its state is lost." % _esc(name),
-                                layout=widgets.Layout(margin="0 8px 0 0", flex="0 1 auto"))
+                               "Fresh Python namespace in the same container; "
+                               "a running cell is ended")
+        self.b_delete = _button("delete", "fd-delete", "Remove the instance and its container; "
+                                "a running cell is ended", "danger")
+        self.ask = widgets.HTML(layout=widgets.Layout(margin="0 8px 0 0", flex="0 1 auto"))
         self.ask.add_class("fd-confirm-text")
-        self.b_yes = _button("yes, delete", "fd-confirm-delete", "Delete it now", "danger")
-        self.b_no = _button("cancel", "fd-cancel-delete", "Keep it")
+        self.b_yes = {
+            "restart": _button("yes, restart", "fd-confirm-restart", "Restart it now", "warning"),
+            "delete": _button("yes, delete", "fd-confirm-delete", "Delete it now", "danger")}
+        self.b_no = _button("cancel", "fd-cancel", "Keep it as it is")
+        self.working = widgets.HTML(layout=widgets.Layout(flex="0 1 auto"))
+        self.working.add_class("fd-row-activity")
         model = panel.model
         self.b_default.on_click(panel.guard(lambda _: model.make_default(name)))
-        self.b_restart.on_click(panel.guard(lambda _: model.restart(name)))
+        self.b_restart.on_click(panel.guard(lambda _: model.request("restart", name)))
         self.b_reset.on_click(panel.guard(lambda _: model.reset(name)))
-        self.b_delete.on_click(panel.guard(lambda _: model.request_delete(name)))
-        self.b_yes.on_click(panel.guard(lambda _: model.confirm_delete()))
-        self.b_no.on_click(panel.guard(lambda _: model.cancel_delete()))
+        self.b_delete.on_click(panel.guard(lambda _: model.request("delete", name)))
+        for b in self.b_yes.values():
+            b.on_click(panel.guard(lambda _: model.confirm(name)))
+        self.b_no.on_click(panel.guard(lambda _: model.cancel(name)))
         self.actions = widgets.HBox(layout=widgets.Layout(align_items="center", flex="1 1 auto",
                                                           flex_flow="row wrap"))
         self.actions.add_class("fd-actions")
@@ -100,7 +128,9 @@ class InstanceRow(widgets.HBox):
                                                border_bottom="1px solid #e0e0e0"))
         self.add_class("fd-row")
 
-    def show(self, row, default, confirming, busy):
+    def show(self, row, default, confirming, activity):
+        """Draw ``row``; ``confirming``: the action asked about, ``activity``: the one
+        under way (each '' if none)."""
         name = _esc(row.name)
         if default:
             name = "<b>%s</b> <span class='fd-default' title='the default instance'>" \
@@ -116,17 +146,31 @@ class InstanceRow(widgets.HBox):
         for cell, value in zip(self.cells, values):
             if cell.value != value:
                 cell.value = value
-        self.b_default.disabled = busy or default
-        for b in (self.b_restart, self.b_reset, self.b_delete, self.b_yes):
-            b.disabled = busy
-        wanted = ((self.ask, self.b_yes, self.b_no) if confirming else
-                  (self.b_default, self.b_restart, self.b_reset, self.b_delete))
+        self.b_default.disabled = default
+        if activity:
+            wanted = (self.working,)
+            working = _spinning(activity)
+            if self.working.value != working:
+                self.working.value = working
+        elif confirming:
+            wanted = (self.ask, self.b_yes[confirming], self.b_no)
+            what = {"restart": "Restart <b>%s</b>? It gets a new container: its variables and "
+                               "files are lost.",
+                    "delete": "Delete <b>%s</b>? Its state is lost."}[confirming] \
+                % _esc(row.name)
+            if row.status == "busy":
+                what += " The cell running in it is ended."
+            if self.ask.value != what:
+                self.ask.value = what
+        else:
+            wanted = (self.b_default, self.b_restart, self.b_reset, self.b_delete)
         if tuple(self.actions.children) != wanted:
             self.actions.children = wanted
 
     def close(self):
         for w in self.cells + [self.b_default, self.b_restart, self.b_reset, self.b_delete,
-                               self.ask, self.b_yes, self.b_no, self.actions]:
+                               self.ask, self.b_no, self.working, self.actions] \
+                + list(self.b_yes.values()):
             w.close()
         super().close()
 
@@ -146,9 +190,9 @@ class InstancePanel(widgets.VBox):
         self.updated.add_class("fd-updated")
         self.b_refresh = _button("refresh", "fd-refresh", "Read the instances again now")
         self.b_refresh.icon = "refresh"
-        self.live = widgets.Checkbox(description="live", indent=False,
-                                     tooltip="Refresh every few seconds while visible",
-                                     layout=widgets.Layout(width="70px"))
+        self.live = _beside_cells(widgets.Checkbox(
+            description="live", indent=False, tooltip="Refresh every few seconds while visible",
+            layout=widgets.Layout(width="70px")))
         widgets.link((model, "live"), (self.live, "value"))
         header = widgets.HBox([self.title, self.default_label,
                                widgets.HBox(layout=widgets.Layout(flex="1")),
@@ -164,9 +208,10 @@ class InstancePanel(widgets.VBox):
         # create form
         self.fields = {}
         for f in FIELDS:
-            t = widgets.Text(description=LABELS[f], placeholder=self._placeholder(f),
-                             style={"description_width": "initial"},
-                             layout=widgets.Layout(width="auto", max_width="none"))
+            t = _beside_cells(widgets.Text(description=LABELS[f],
+                                           placeholder=self._placeholder(f),
+                                           style={"description_width": "initial"},
+                                           layout=widgets.Layout(width="auto", max_width="none")))
             t.layout.width = FIELD_WIDTHS[f]
             t.add_class("fd-field-" + f)
             self.fields[f] = t
@@ -189,9 +234,9 @@ class InstancePanel(widgets.VBox):
                          layout=widgets.Layout(border="1px solid #bdbdbd", padding="8px 12px",
                                                width="100%", max_width="1250px"))
         self.add_class("fd-panel")
-        model.observe(self._draw_rows, ["statuses", "default_instance", "pending_delete",
-                                        "activity", "refreshed_at"])
-        model.observe(self._draw_status, ["activity", "message", "message_kind",
+        model.observe(self._draw_rows, ["statuses", "default_instance", "confirming",
+                                        "activities", "refreshed_at"])
+        model.observe(self._draw_status, ["activities", "statuses", "message", "message_kind",
                                           "field_errors", "refreshed_at", "refresh_error",
                                           "default_instance"])
         model.observe(self._clear_form, "last_created")
@@ -234,13 +279,13 @@ class InstancePanel(widgets.VBox):
     @_drawing
     def _draw_rows(self, change=None):
         m = self.model
-        busy = bool(m.activity)
         wanted = []
         for row in m.statuses:
             r = self.rows.get(row.name)
             if r is None:
                 r = self.rows[row.name] = InstanceRow(self, row.name)
-            r.show(row, row.name == m.default_instance, row.name == m.pending_delete, busy)
+            r.show(row, row.name == m.default_instance, m.confirming.get(row.name, ""),
+                   m.activities.get(row.name, ""))
             wanted.append(r)
         for name in list(self.rows):
             if name not in {r.name for r in wanted}:
@@ -256,7 +301,6 @@ class InstancePanel(widgets.VBox):
             empty = "<i>Reading the instances...</i>"
         if self.empty.value != empty:
             self.empty.value = empty
-        self.b_create.disabled = busy
 
     @_drawing
     def _draw_status(self, change=None):
@@ -280,8 +324,9 @@ class InstancePanel(widgets.VBox):
             for f in FIELDS if f in errors)
         for f, t in self.fields.items():
             t.layout.border = "1px solid #c62828" if f in errors else None
-        self.activity.value = ("<span style='color:#1565c0'><i class='fa fa-spinner fa-spin'></i>"
-                               " %s</span>" % _esc(m.activity) if m.activity else "")
+        # Actions on an instance show on its row; here only those without one (create).
+        self.activity.value = "<br>".join(_spinning(text) for name, text
+                                          in sorted(m.activities.items()) if name not in names)
         if m.message:
             color = "#c62828" if m.message_kind == "error" else "#2e7d32"
             mark = "&#10006;" if m.message_kind == "error" else "&#10004;"

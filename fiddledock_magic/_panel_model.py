@@ -8,12 +8,17 @@ panel's "make default" are the same setting), and the rows come from
 by ``%%dockerrun`` appears here and one deleted here is gone from
 ``%dockerrun list``.
 
-Threads: the kernel runs widget callbacks on its main thread between cells,
-so anything slow (stats, create, restart, delete) runs on a background
-thread and only sets traits here. Every trait change goes through one lock,
-so the view's observers (which send widget updates over comms, which is
-thread-safe) never interleave. Nothing in a thread prints: outcomes and
-errors become ``message``; a traceback never reaches a log.
+Threads: the kernel runs widget callbacks on its main thread between cells
+(or, with JupyterLab's comms over subshells, on a subshell's thread beside a
+running cell), so anything slow (stats, create, restart, reset, delete) runs
+on a background thread and only sets traits here. Actions are per instance:
+one at a time on each, any number on different ones (the manager serializes
+their engine work); each shows on its own row, the rest of the panel stays
+usable. An action acts at once: a cell running in the instance is ended and
+told which action ended it (see ``InstanceManager``). Every trait change goes
+through one lock, so the view's observers (which send widget updates over
+comms, which is thread-safe) never interleave. Nothing in a thread prints:
+outcomes and errors become ``message``; a traceback never reaches a log.
 """
 
 import threading
@@ -27,6 +32,19 @@ from ._spec import InstanceSpec, InvalidSetting, check_name, parse_size
 
 REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
 FIELDS = ("name", "image", "memory", "cpus", "pids", "disk")
+CONFIRMED = ("restart", "delete")  # actions that lose the instance's state ask first
+BY = "from the panel"  # who acted, in the message of a cell that an action ended
+
+
+def _with(mapping, key, value):
+    """A copy with key set (a Dict trait notifies only on a new object)."""
+    copy = dict(mapping)
+    copy[key] = value
+    return copy
+
+
+def _without(mapping, key):
+    return {k: v for k, v in mapping.items() if k != key}
 
 
 def short_error(exc):
@@ -41,11 +59,13 @@ def short_error(exc):
 class PanelModel(HasTraits):
     statuses = List(help="InstanceStatus rows, sorted by name, as of the last refresh.")
     default_instance = Unicode(help="Linked to DockerRun.default_instance.")
-    activity = Unicode(help="The action running now and its latest progress; '' when none.")
+    activities = Dict(help="Instance name -> the action under way on it, with its latest "
+                           "progress.")
     message = Unicode(help="Outcome of the last action, or why it could not run.")
     message_kind = Enum(["", "info", "error"], default_value="")
     field_errors = Dict(help="Create form: field name -> what is wrong with its value.")
-    pending_delete = Unicode(help="Instance whose delete awaits confirmation.")
+    confirming = Dict(help="Instance name -> the action ('restart' or 'delete') that awaits "
+                           "confirmation.")
     last_created = Unicode(help="The instance the create form made last.")
     visible = Bool(False, help="A view is on screen: refresh every `interval` seconds.")
     live = Bool(True, help="Refresh periodically while visible.")
@@ -59,7 +79,7 @@ class PanelModel(HasTraits):
         self._lock = threading.RLock()          # every trait change
         self._refresh_lock = threading.Lock()   # one statuses() call at a time
         self._generation = 0                    # bumped by actions: stale refreshes are dropped
-        self._action = None                     # the running action's thread
+        self._actions = {}                      # instance name -> its action's thread
         self._viewers = set()
         self._forced = False
         self._wake = threading.Event()
@@ -116,9 +136,16 @@ class PanelModel(HasTraits):
                 if generation != self._generation:  # an action changed things meanwhile
                     self.poke(force=True)
                     return False
-                self._set(statuses=list(rows), refreshed_at=time.time(), refresh_error="")
-                if self.pending_delete and self.pending_delete not in self.names():
-                    self.pending_delete = ""
+                # A row whose instance an action is changing stays until the action is
+                # done (a restart removes the container before it makes the new one).
+                names = {row.name for row in rows}
+                changing = {name for name, thread in self._actions.items() if not thread.done}
+                rows = list(rows) + [row for row in self.statuses
+                                     if row.name in changing and row.name not in names]
+                rows.sort(key=lambda row: row.name)
+                names = {row.name for row in rows}
+                self._set(statuses=rows, refreshed_at=time.time(), refresh_error="",
+                          confirming={k: v for k, v in self.confirming.items() if k in names})
         return True
 
     def poke(self, force=False):
@@ -148,60 +175,81 @@ class PanelModel(HasTraits):
         """Another notebook's instances: forget the rows, read them again."""
         with self._lock:
             self._generation += 1
-            self._set(statuses=[], refreshed_at=0.0, pending_delete="")
+            self._set(statuses=[], refreshed_at=0.0, confirming={})
         self.poke(force=True)
 
     # --- actions -----------------------------------------------------------------
-    def busy(self):
-        return self._action is not None and self._action.is_alive()
+    def busy(self, name=None):
+        """Whether an action is under way (on instance ``name``, or on any)."""
+        with self._lock:
+            threads = [self._actions.get(name)] if name else list(self._actions.values())
+        return any(thread is not None and thread.is_alive() for thread in threads)
 
     def wait(self, timeout=120):
-        """Until the running action (and its refresh) has finished; True if it has."""
-        thread = self._action
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        """Until every action under way (and its refresh) has finished; True if they have."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._actions.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
-    def _start(self, label, work, done):
+    def _start(self, name, label, work, done):
         """Run ``work(progress)`` on a thread; the outcome becomes the message.
 
-        One action at a time: the instance layer is not meant for two changes
-        of one notebook's instances at once, and a second click while the
-        first runs is almost always a double click.
+        One action at a time per instance (a second click while the first
+        runs is almost always a double click); other instances stay usable.
+        ``work`` may return the outcome's text instead of ``done``.
         """
         with self._lock:
-            if self.busy():
-                self._say("wait until %s has finished" % self.activity.rstrip("."), "error")
+            if self.busy(name):
+                self._say("wait until %s has finished" % self._actions[name].label, "error")
                 return None
             self._generation += 1
-            self._set(activity=label + "...", message="", message_kind="")
-            thread = threading.Thread(target=self._run, args=(label, work, done),
+            self._set(activities=_with(self.activities, name, label + "..."),
+                      confirming=_without(self.confirming, name), message="", message_kind="")
+            thread = threading.Thread(target=self._run, args=(name, label, work, done),
                                       name="fiddledock-panel-action", daemon=True)
-            self._action = thread
+            thread.label, thread.done = label, False
+            self._actions[name] = thread
         thread.start()
         return thread
 
-    def _run(self, label, work, done):
+    def _running_cell(self, name):
+        """Whether a cell runs in the instance (this kernel's, or another's as last seen)."""
+        inst = self.manager.instances.get(name)
+        if inst is not None and inst.running_cell:
+            return True
+        return any(row.name == name and row.status == "busy" for row in self.statuses)
+
+    def _run(self, name, label, work, done):
         def progress(line):
-            self._set(activity="%s: %s" % (label, str(line).strip()[:200]))
+            with self._lock:
+                if name in self.activities:
+                    self._set(activities=_with(self.activities, name, "%s: %s" % (
+                        label, str(line).strip()[:200])))
         try:
-            work(progress)
+            outcome = (work(progress) or done, "info")
         except Exception as exc:
             outcome = ("%s failed: %s" % (label, short_error(exc)), "error")
-        else:
-            outcome = (done, "info")
         with self._lock:
             self._generation += 1
+            threading.current_thread().done = True
         try:
             self.refresh()
         except Exception as exc:  # e.g. a view that failed to draw: say so, don't raise
             outcome = (outcome[0] + "; the panel could not be refreshed: %s"
                        % short_error(exc), "error")
         try:  # the outcome shows together with the rows it produced
-            self._set(activity="", message=outcome[0], message_kind=outcome[1])
+            with self._lock:
+                self._set(activities=_without(self.activities, name), message=outcome[0],
+                          message_kind=outcome[1])
         except Exception:
             pass  # only a view can fail here, and it shows its own error
+        finally:
+            with self._lock:
+                if self._actions.get(name) is threading.current_thread():
+                    del self._actions[name]
 
     def validate_create(self, name="", image="", memory="", cpus="", pids="", disk=""):
         """``(spec, errors)``: blank fields take the notebook's defaults (DockerRun)."""
@@ -262,39 +310,55 @@ class PanelModel(HasTraits):
         def work(progress):
             self.manager.create(name, spec, progress=progress)
             self._set(last_created=name)
-        return self._start("creating %r" % name, work, "created instance %r" % name)
+        return self._start(name, "creating %r" % name, work, "created instance %r" % name)
+
+    # Restart, reset and delete act at once; a cell running in the instance is ended.
+    def _ending(self, name, work, done):
+        """work(progress) whose outcome also says when it ended a running cell."""
+        def run(progress):
+            running = self._running_cell(name)
+            work(progress)
+            return done + ("; the cell running in it was ended" if running else "")
+        return run
 
     def restart(self, name):
-        return self._start("restarting %r" % name,
-                           lambda progress: self.manager.restart(name, progress=progress),
-                           "restarted %r: a new container, its state is lost" % name)
+        """A new container with the same settings (asked first: use ``request``)."""
+        return self._start(name, "restarting %r" % name, self._ending(
+            name, lambda progress: self.manager.restart(name, progress=progress, by=BY),
+            "restarted %r: a new container, its state is lost" % name), None)
 
     def reset(self, name):
-        return self._start("resetting %r" % name,
-                           lambda progress: self.manager.reset(name),
-                           "reset %r: a fresh namespace in the same container" % name)
-
-    def request_delete(self, name):
-        """First click on delete: ask for confirmation."""
-        self._set(pending_delete=name, message="", message_kind="")
-
-    def cancel_delete(self):
-        self._set(pending_delete="")
-
-    def confirm_delete(self):
-        name = self.pending_delete
-        self._set(pending_delete="")
-        if name:
-            return self.delete(name)
-        return None
+        return self._start(name, "resetting %r" % name, self._ending(
+            name, lambda progress: self.manager.reset(name, by=BY),
+            "reset %r: a fresh namespace in the same container" % name), None)
 
     def delete(self, name):
+        """Remove the instance and its container (asked first: use ``request``)."""
         def work(progress):
-            self.manager.delete(name)
+            self.manager.delete(name, by=BY)
             with self._lock:  # the row goes at once, not at the next refresh
                 self.statuses = [row for row in self.statuses if row.name != name]
-        return self._start("deleting %r" % name, work,
-                           "deleted instance %r and its container" % name)
+        return self._start(name, "deleting %r" % name, self._ending(
+            name, work, "deleted instance %r and its container" % name), None)
+
+    def request(self, action, name):
+        """First click on restart or delete: that row asks for confirmation."""
+        if action not in CONFIRMED:
+            raise ValueError("only %s ask for confirmation, not %r" % (" and ".join(CONFIRMED),
+                                                                       action))
+        self._set(confirming=_with(self.confirming, name, action), message="", message_kind="")
+
+    def cancel(self, name):
+        self._set(confirming=_without(self.confirming, name))
+
+    def confirm(self, name):
+        """The row's "yes": run the action it asked about."""
+        with self._lock:
+            action = self.confirming.get(name)
+            self._set(confirming=_without(self.confirming, name))
+        if action is None:
+            return None
+        return getattr(self, action)(name)
 
     def make_default(self, name):
         """Instant: a bare %%dockerrun runs in ``name`` from now on."""

@@ -5,7 +5,11 @@ cell while it still runs), then `%dockerrun panel`. In the panel the
 instance has its row; "make default" marks it; the create form makes a
 second instance, whose row appears; delete asks for confirmation, then the
 row goes and so does the container (checked through the Docker API), and
-`%dockerrun list` no longer shows it. Screenshots go to the test's tmp_path;
+`%dockerrun list` no longer shows it. Then a long cell runs in the first
+instance and restart is clicked meanwhile (JupyterLab sends widget clicks
+over a kernel subshell, beside the running cell): it asks first, saying the
+running cell is ended; cancel changes nothing; yes ends the cell at once with
+a message that names the restart. Screenshots go to the test's tmp_path;
 with FIDDLEDOCK_SCREENSHOT=path set, the one after the create is also saved
 there (that is how docs/screenshot.png is made).
 """
@@ -61,6 +65,11 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
         "    print(f'step {step}/5 done')" % first,
         "%dockerrun panel",
         "%dockerrun list",
+        "%%%%dockerrun %s\n"
+        "print('started', flush=True)\n"
+        "import time\n"
+        "time.sleep(90)\n"
+        "print('finished')" % first,
     ]
     lab_server.notebook(notebook, cells)
     nb = Notebook(lab_page, lab_server, notebook).open()
@@ -137,3 +146,32 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
     listing = nb.output(3)
     expect(listing).to_contain_text(first, timeout=ROW_TIMEOUT)
     assert second not in listing.inner_text()
+
+    # Restart while a cell runs there: asked first (saying the cell is ended); cancel
+    # changes nothing; yes ends the cell at once with a message that names the restart.
+    before = docker_client.api.inspect_container(container_name(first, scope))["Id"]
+    nb.run(4, wait=False)
+    expect(nb.output(4)).to_contain_text("started", timeout=ROW_TIMEOUT)
+    expect(alice.locator(".fd-status")).to_contain_text("busy", timeout=ROW_TIMEOUT)
+    panel.scroll_into_view_if_needed()
+    alice.locator("button.fd-restart").click()
+    expect(alice.locator(".fd-confirm-text")).to_have_text(
+        "Restart %s? It gets a new container: its variables and files are lost. "
+        "The cell running in it is ended." % first, timeout=ROW_TIMEOUT)
+    nb.screenshot(tmp_path / "06-confirm-restart.png")
+    alice.locator("button.fd-cancel").click()
+    expect(alice.locator("button.fd-restart")).to_be_visible(timeout=ROW_TIMEOUT)
+    assert docker_client.api.inspect_container(container_name(first, scope))["Id"] == before
+    assert nb.prompt(4).inner_text().strip().startswith("[*]")
+    alice.locator("button.fd-restart").click()
+    alice.locator("button.fd-confirm-restart").click()
+    expect(nb.output(4)).to_contain_text(
+        "the cell was ended: instance '%s' was restarted from the panel; its state is lost"
+        % first, timeout=ROW_TIMEOUT)
+    nb.wait_cell_done(4)
+    assert "finished" not in nb.output(4).inner_text()
+    expect(panel.locator(".fd-message")).to_contain_text(
+        "restarted '%s': a new container, its state is lost; the cell running in it was ended"
+        % first, timeout=ROW_TIMEOUT)
+    assert docker_client.api.inspect_container(container_name(first, scope))["Id"] != before
+    nb.screenshot(tmp_path / "07-restarted.png")

@@ -206,7 +206,8 @@ def test_another_kernel_may_reset_a_running_cell_and_is_told_whose(kernels):
                     r"with pid %d on \S+" % a.pid, stream_text(msgs)), stream_text(msgs)
     thread.join(30)
     message = one_line_error(result["reply"], "CellKilled")
-    assert "was ended: the instance was reset by the kernel with pid %d" % b.pid in message
+    assert ("was ended: instance 'shared' was reset with %%dockerrun reset by the kernel "
+            "with pid %d" % b.pid) in message
     reply, msgs = a.execute("%%dockerrun shared\nprint('x' in dir())")
     ok(reply)
     assert "False" in stream_text(msgs)

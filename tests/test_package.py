@@ -14,7 +14,7 @@ from fiddledock_agent import MODULES, protocol
 
 def test_public_names_are_exactly_what_is_meant_to_be_public():
     assert sorted(fiddledock_magic.__all__) == sorted([
-        "AgentError", "CellError", "CellKilled", "CellTimeout", "DockerRun",
+        "AgentError", "CellEnded", "CellError", "CellKilled", "CellTimeout", "DockerRun",
         "EngineError", "EngineUnavailable", "FiddleDockError", "ImageBuildError",
         "ImageNotFound", "InstanceBusy", "InstanceConflict", "InstanceLost",
         "InstanceNotFound", "TransferError", "UnsafeArchive",

@@ -31,7 +31,7 @@ def panel(shell, own_scope):
     yield p
     p.model.wait()
     p._view_count = 0  # as if its output were cleared: no live refresh afterwards
-    p.model._set(message="", message_kind="", field_errors={}, pending_delete="")
+    p.model._set(message="", message_kind="", field_errors={}, confirming={})
     for field in p.fields.values():
         field.value = ""
 
@@ -191,11 +191,11 @@ def test_buttons_create_reset_restart_default_delete(shell, panel, run, unique_n
     panel.b_create.click()
     returned = time.monotonic() - clicked
     # The click returns at once; the work goes on in a thread, with progress shown.
-    assert panel.model.busy() and panel.b_create.disabled
-    assert "creating %r" % unique_name in text(panel.activity)
+    assert panel.model.busy(unique_name) and not panel.b_create.disabled  # another may follow
+    assert "creating %r" % unique_name in text(panel.activity)  # no row yet: shown below
     assert panel.model.wait()
     assert returned < 0.5, "the click blocked for %.2f s" % returned
-    assert text(panel.activity) == "" and not panel.b_create.disabled
+    assert text(panel.activity) == ""
     assert text(panel.message) == "\u2714 created instance %r" % unique_name
     info = container(docker_client, unique_name, own_scope)
     assert info["HostConfig"]["Memory"] == 256 * MiB
@@ -211,7 +211,12 @@ def test_buttons_create_reset_restart_default_delete(shell, panel, run, unique_n
     assert run("print('x' in globals())", unique_name)[1].strip() == "False"
     assert container(docker_client, unique_name, own_scope)["Id"] == info["Id"]
 
-    row.b_restart.click()
+    row.b_restart.click()  # asks first, like delete
+    assert row.ask in row.actions.children and row.b_yes["restart"] in row.actions.children
+    assert text(row.ask) == ("Restart %s? It gets a new container: its variables and files "
+                             "are lost." % unique_name)
+    assert container(docker_client, unique_name, own_scope)["Id"] == info["Id"]
+    row.b_yes["restart"].click()
     assert panel.model.wait()
     assert "restarted %r" % unique_name in text(panel.message)
     restarted = container(docker_client, unique_name, own_scope)
@@ -232,13 +237,13 @@ def test_buttons_create_reset_restart_default_delete(shell, panel, run, unique_n
     assert "default instance: elsewhere (not created yet)" in text(panel.default_label)
 
     row.b_delete.click()  # asks first
-    assert row.ask in row.actions.children and row.b_yes in row.actions.children
+    assert row.ask in row.actions.children and row.b_yes["delete"] in row.actions.children
     assert "Delete %s? Its state is lost." % unique_name == text(row.ask)
     row.b_no.click()
     assert row.b_delete in row.actions.children
     assert container(docker_client, unique_name, own_scope) is not None
     row.b_delete.click()
-    row.b_yes.click()
+    row.b_yes["delete"].click()
     assert panel.model.wait()
     assert text(panel.message) == "\u2714 deleted instance %r and its container" % unique_name
     assert unique_name not in shown_names(panel)
@@ -250,16 +255,31 @@ def test_buttons_create_reset_restart_default_delete(shell, panel, run, unique_n
     assert "Traceback" not in out + err
 
 
-def test_one_action_at_a_time(shell, panel, unique_name, own_scope):
+def test_one_action_at_a_time_per_row_and_the_other_rows_stay_usable(shell, panel, run,
+                                                                      unique_name, own_scope):
+    other = unique_name + "b"
     shell.run_line_magic("dockerrun", "create %s" % unique_name)
+    shell.run_line_magic("dockerrun", "create %s" % other)
     panel.model.refresh()
-    row = panel.rows[unique_name]
+    row, other_row = panel.rows[unique_name], panel.rows[other]
     row.b_restart.click()
-    assert row.b_restart.disabled and row.b_delete.disabled  # buttons wait for the action
-    panel.model.restart(unique_name)  # a second request while the first runs
+    row.b_yes["restart"].click()
+    # Only this row shows the action; its buttons are gone until it ends.
+    assert row.actions.children == (row.working,)
+    assert text(row.working).strip() == "restarting %r..." % unique_name
+    assert text(panel.activity) == ""
+    assert other_row.b_reset in other_row.actions.children and not other_row.b_reset.disabled
+    assert not panel.b_create.disabled
+    panel.model.restart(unique_name)  # a second request on the same row while the first runs
     assert text(panel.message).startswith("\u2716 wait until restarting %r" % unique_name)
+    run("y = 2", other)
+    other_row.b_reset.click()  # another row acts meanwhile
+    assert panel.model.busy(other)
     assert panel.model.wait()
-    assert "restarted" in text(panel.message)
+    assert not panel.model.busy()
+    assert row.b_restart in row.actions.children
+    assert run("print('y' in globals())", other)[1].strip() == "False"
+    assert "restarted" in text(panel.message) or "reset" in text(panel.message)
 
 
 # --- errors stay in the panel -------------------------------------------------------------
@@ -272,6 +292,7 @@ def test_action_on_an_instance_removed_behind_its_back(shell, panel, unique_name
     docker_client.api.remove_container(container(docker_client, unique_name, own_scope)["Id"],
                                        force=True)
     row.b_restart.click()  # the row is still there: the panel has not refreshed yet
+    row.b_yes["restart"].click()
     assert panel.model.wait()
     assert text(panel.message) == ("\u2716 restarting %r failed: no instance named %r"
                                    % (unique_name, unique_name))
