@@ -13,7 +13,8 @@ import threading
 import time
 
 from ._agent_files import boot_payload
-from ._errors import AgentError, InstanceBusy, InstanceLost
+from ._engine import PING_TIMEOUT, silent_engine_text
+from ._errors import AgentError, EngineUnavailable, InstanceBusy, InstanceLost
 from ._protocol import VERSION, AgentConnection, ConnectionClosed
 
 DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
@@ -287,7 +288,23 @@ class Instance:
                     raise InstanceLost(self.name, self._why_dead(conn)) from None
 
     def _stop_wedged(self, conn):
-        """The agent no longer answers: stop its container, so the next cell starts afresh."""
+        """The agent no longer answers: stop its container, so the next cell starts afresh.
+
+        Unless the engine itself does not answer (frozen, say): a kill it took in
+        now could land whenever it wakes, on a later cell. Then nothing is sent
+        to the engine; the cell is given up, and an interrupt queued behind it
+        on its own connection ends it if it still runs when the engine wakes
+        (it cannot reach a later cell, which comes from another connection).
+        """
+        if not self.engine.answers():
+            try:
+                conn.sock.settimeout(1.0)  # the engine reads nothing now; never block on it
+                conn.send({"type": "interrupt", "kill": False})
+            except (ConnectionClosed, OSError):
+                pass
+            self.disconnect()
+            raise EngineUnavailable("instance %r: its cell was given up: %s; nothing was "
+                                    "stopped" % (self.name, silent_engine_text(PING_TIMEOUT)))
         self.engine.kill(self.container_id)
         self.disconnect()
         raise InstanceLost(self.name, "its agent stopped answering (the cell's code may have "
