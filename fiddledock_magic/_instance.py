@@ -21,6 +21,11 @@ DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
 AGENT_SLACK = 10.0  # beyond the agent's own escalation, before it counts as wedged
 BOOT_TIMEOUT = 60.0  # python start under gVisor on a loaded machine can be slow
 PROBE_TIMEOUT = 2.0  # a status probe of an idle agent answers in well under 1 ms
+GIVEN_UP_WAIT = 60.0  # s the next cell waits for a cell given up on a silent engine
+
+# Containers whose cell was given up because the engine did not answer (the
+# request may reach the agent when the engine wakes).
+_given_up = set()
 
 
 class CellHandler:
@@ -241,10 +246,35 @@ class Instance:
         with self.lock:
             self.running_cell = True
             try:
-                return self._execute(code, handler, timeout, reset, output_limit,
-                                     interrupt_grace)
+                return self._after_given_up(handler, lambda: self._execute(
+                    code, handler, timeout, reset, output_limit, interrupt_grace))
             finally:
                 self.running_cell = False
+
+    def _after_given_up(self, handler, run_cell):
+        """run_cell(); while a cell given up on a silent engine holds the agent, wait for it.
+
+        That cell reaches the agent late, when the engine wakes, and runs to
+        its end: "busy" for it would blame another client. The wait is bounded.
+        """
+        if self.container_id not in _given_up:
+            return run_cell()
+        deadline = time.monotonic() + GIVEN_UP_WAIT
+        told = False
+        while True:
+            try:
+                done = run_cell()
+                _given_up.discard(self.container_id)
+                return done
+            except InstanceBusy:
+                if time.monotonic() > deadline:
+                    _given_up.discard(self.container_id)
+                    raise
+                if not told:
+                    handler.notice("waiting for the cell given up while the Docker engine "
+                                   "did not answer: it reached the instance late")
+                    told = True
+                time.sleep(0.2)
 
     def _execute(self, code, handler, timeout, reset, output_limit, interrupt_grace):
         conn = self.connection
@@ -292,16 +322,14 @@ class Instance:
 
         Unless the engine itself does not answer (frozen, say): a kill it took in
         now could land whenever it wakes, on a later cell. Then nothing is sent
-        to the engine; the cell is given up, and an interrupt queued behind it
-        on its own connection ends it if it still runs when the engine wakes
-        (it cannot reach a later cell, which comes from another connection).
+        to the engine and the cell is given up. Its request may still reach the
+        agent when the engine wakes (it cannot be taken back), so the next cell
+        waits for it rather than failing as busy (see ``execute``). No interrupt
+        is queued behind it: one that reaches the worker before the cell's code
+        starts is ignored, and the escalation would then kill the worker.
         """
         if not self.engine.answers():
-            try:
-                conn.sock.settimeout(1.0)  # the engine reads nothing now; never block on it
-                conn.send({"type": "interrupt", "kill": False})
-            except (ConnectionClosed, OSError):
-                pass
+            _given_up.add(self.container_id)
             self.disconnect()
             raise EngineUnavailable("instance %r: its cell was given up: %s; nothing was "
                                     "stopped" % (self.name, silent_engine_text(PING_TIMEOUT)))
