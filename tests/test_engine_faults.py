@@ -7,13 +7,19 @@ catch docker-py's 60 s default, not a slow machine.
 """
 
 import re
+import socket
 import time
 import uuid
 
+import docker
 import pytest
+import requests.exceptions
+import urllib3.exceptions
 
 from conftest import Kernel, stream_text
 from engines import second_engine  # noqa: F401  (fixture)
+from fiddledock_magic._engine import Engine
+from fiddledock_magic._errors import EngineUnavailable
 
 FROZEN_LIST_BOUND = 20.0  # s; docker-py alone waited 61 s
 # A cell's own timeout (1 s), the wait for a silent agent, then a 3 s ping.
@@ -125,3 +131,20 @@ def test_pool_after_an_engine_restart_counts_no_dead_container(engine_kernel):
         assert len(ready) == 2
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("exc", [
+    requests.exceptions.ReadTimeout("Read timed out. (read timeout=5)"),
+    requests.exceptions.ConnectTimeout("Connection to engine timed out"),
+    urllib3.exceptions.ReadTimeoutError(None, "/containers/json", "Read timed out."),
+    socket.timeout("timed out"),
+])
+def test_every_timeout_becomes_the_one_line_engine_unavailable(exc):
+    """Pure logic: whatever library raised the timeout, a cell sees the same line."""
+    def silent_engine():
+        raise exc
+    with pytest.raises(EngineUnavailable) as caught:
+        offline = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41")
+        Engine(offline).call(silent_engine, within=2.5)
+    assert "did not answer within 2.5 s" in str(caught.value)
+    assert len(caught.value._render_traceback_()) == 1
