@@ -9,23 +9,50 @@ variables are honoured through ``docker.from_env``.
 import os
 import socket
 import struct
+import threading
 import time
 import urllib.parse
 
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
 from ._spec import shown
 
-UPGRADE_TIMEOUT = 30  # seconds for the engine to answer an attach or exec request
+# How long each kind of call may wait for the engine, in seconds. A live engine
+# answers the quick ones in milliseconds; a frozen one (SIGSTOP, overload)
+# accepts the connection and never answers, and docker-py would wait 60 s.
+QUICK_TIMEOUT = 5.0    # inspect, list, info, rename, exec inspect
+CHANGE_TIMEOUT = 30.0  # create, start, kill, remove, exec create: seconds on a loaded machine
+STATS_TIMEOUT = 15.0   # one stats sample waits for two readings, about a second apart
+PING_TIMEOUT = 3.0     # "does the engine answer at all", before acting on an instance
+CONNECT_TIMEOUT = 5.0  # opening a raw socket to the engine
+UPGRADE_TIMEOUT = 30   # seconds for the engine to answer an attach or exec request
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
 MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
 
+# Every way a wait for the engine can run out (requests, urllib3, raw sockets).
+TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)
+_NO_LIMIT = object()  # a call's timeout when Engine.call did not choose one
 
-def _engine_error(exc):
-    where = os.environ.get("DOCKER_HOST") or "the default socket"
+
+def engine_address():
+    return os.environ.get("DOCKER_HOST") or "the default socket"
+
+
+def silent_engine_text(seconds):
+    """The message for an engine that accepts requests but does not answer them."""
+    return ("the Docker engine at %s did not answer within %g s (stopped, frozen or "
+            "overloaded?); try again when it answers" % (engine_address(), seconds))
+
+
+def _engine_error(exc, within=None):
+    where = engine_address()
+    timed_out = isinstance(exc, TIMEOUTS) or "timed out" in str(exc).lower()
+    if timed_out:
+        return EngineUnavailable(silent_engine_text(within or CONNECT_TIMEOUT))
     if "permission denied" in str(exc).lower():
         return EngineUnavailable(
             "no permission to use the Docker engine at %s (%s). Add your user to the "
@@ -39,6 +66,29 @@ def short_error(exc):
     """The last line of an exception's text, for one-line messages."""
     text = str(exc).strip().splitlines()
     return text[-1][:200] if text else type(exc).__name__
+
+
+class _CallTimeout(threading.local):
+    seconds = _NO_LIMIT
+
+
+def _call_timeout(api):
+    """Where Engine.call puts the timeout it chose for this thread's requests on api.
+
+    Installed once per docker-py client. A request that names its own timeout
+    (image build, pull, import: none) keeps it.
+    """
+    current = getattr(api, "_fiddledock_call_timeout", None)
+    if current is None:
+        current = api._fiddledock_call_timeout = _CallTimeout()
+        default = api._set_request_timeout
+
+        def set_request_timeout(kwargs):
+            if current.seconds is not _NO_LIMIT:
+                kwargs.setdefault("timeout", current.seconds)
+            return default(kwargs)
+        api._set_request_timeout = set_request_timeout
+    return current
 
 
 class Engine:
@@ -57,27 +107,48 @@ class Engine:
     def client(self):
         if self._client is None:
             try:
-                # Room for `list` to sample many containers side by side.
-                self._client = docker.from_env(max_pool_size=MAX_CONNECTIONS)
+                # Room for `list` to sample many containers side by side. The
+                # timeout covers the version check made while connecting.
+                client = docker.from_env(max_pool_size=MAX_CONNECTIONS, timeout=QUICK_TIMEOUT)
             except docker.errors.DockerException as exc:
-                raise _engine_error(exc) from None
+                raise _engine_error(exc, QUICK_TIMEOUT) from None
+            client.api.timeout = CHANGE_TIMEOUT  # for calls that choose none
+            self._client = client
         return self._client
 
     @property
     def api(self):
         return self.client.api
 
-    def call(self, fn, *args, **kwargs):
-        """Run an API call: connection failures become EngineUnavailable, refusals
-        EngineError (with the status code), so no docker-py traceback reaches a cell."""
+    def call(self, fn, *args, within=QUICK_TIMEOUT, **kwargs):
+        """Run an API call that may wait ``within`` s for the engine (None: no limit).
+
+        Connection failures and timeouts become EngineUnavailable, refusals
+        EngineError (with the status code), so no docker-py traceback reaches a cell.
+        """
+        current = _call_timeout(self.api)
+        saved = current.seconds
+        current.seconds = within
         try:
             return fn(*args, **kwargs)
+        except TIMEOUTS as exc:
+            raise _engine_error(exc, within) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-            raise _engine_error(exc) from None
+            raise _engine_error(exc, within) from None
         except docker.errors.APIError as exc:
             raise EngineError(exc.status_code, exc.explanation or str(exc)) from None
         except docker.errors.DockerException as exc:
-            raise _engine_error(exc) from None
+            raise _engine_error(exc, within) from None
+        finally:
+            current.seconds = saved
+
+    def answers(self, within=PING_TIMEOUT):
+        """Whether the engine answers a ping within ``within`` s."""
+        try:
+            self.call(self.api.ping, within=within)
+            return True
+        except FiddleDockError:
+            return False
 
     def info(self):
         """The engine's `docker info` (asked once: runtimes and capacity do not change)."""
@@ -130,7 +201,7 @@ class Engine:
         hc = self.api.create_host_config(**host_config)
         try:
             created = self.call(self.api.create_container, name=name,
-                                host_config=hc, **config)
+                                host_config=hc, within=CHANGE_TIMEOUT, **config)
         except EngineError as exc:
             if exc.status_code == 404 and "image" in exc.explanation.lower():
                 raise ImageNotFound(config.get("image")) from None
@@ -140,7 +211,7 @@ class Engine:
 
     def start(self, container_id):
         try:
-            self.call(self.api.start, container_id)
+            self.call(self.api.start, container_id, within=CHANGE_TIMEOUT)
         except EngineError as exc:
             raise EngineError(exc.status_code, "the engine could not start the container: %s"
                               % exc.explanation) from None
@@ -148,14 +219,15 @@ class Engine:
     def kill(self, container_id):
         """SIGKILL the container (it stays, stopped, for its state to be reported)."""
         try:
-            self.call(self.api.kill, container_id)
+            self.call(self.api.kill, container_id, within=CHANGE_TIMEOUT)
         except EngineError as exc:
             if exc.status_code not in (404, 409):  # gone, or not running
                 raise
 
     def remove(self, container_id):
         try:
-            self.call(self.api.remove_container, container_id, force=True, v=True)
+            self.call(self.api.remove_container, container_id, force=True, v=True,
+                      within=CHANGE_TIMEOUT)
         except EngineError as exc:
             if exc.status_code not in (404, 409):  # gone, or removal already in progress
                 raise
@@ -165,7 +237,7 @@ class Engine:
 
     def stats(self, container_id):
         """One stats sample (no streaming)."""
-        return self.call(self.api.stats, container_id, stream=False)
+        return self.call(self.api.stats, container_id, stream=False, within=STATS_TIMEOUT)
 
     # --- exec (file transfers) -------------------------------------------------
     def exec_socket(self, container_id, cmd, user=None, workdir=None):
@@ -179,7 +251,7 @@ class Engine:
         try:
             created = self.call(self.api.exec_create, container_id, cmd, stdin=True,
                                 stdout=True, stderr=True, tty=False, user=user or "",
-                                workdir=workdir)
+                                workdir=workdir, within=CHANGE_TIMEOUT)
         except EngineError as exc:
             raise EngineError(exc.status_code, "the engine cannot run a command in the "
                               "container: %s" % exc.explanation) from None
@@ -188,7 +260,7 @@ class Engine:
         sock = self._raw_upgrade(path, b'{"Detach": false, "Tty": false}')
         if sock is not None:
             return exec_id, sock, None
-        raw = self.call(self.api.exec_start, exec_id, socket=True)
+        raw = self.call(self.api.exec_start, exec_id, socket=True, within=None)
         return exec_id, getattr(raw, "_sock", raw), raw
 
     def exec_exit_code(self, exec_id, wait=5.0):
@@ -211,10 +283,12 @@ class Engine:
         try:
             if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(CONNECT_TIMEOUT)
                 sock.connect(self._unix_path())
             elif base.startswith("http://"):
                 url = urllib.parse.urlsplit(base)
-                sock = socket.create_connection((url.hostname, url.port or 2375))
+                sock = socket.create_connection((url.hostname, url.port or 2375),
+                                                timeout=CONNECT_TIMEOUT)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             else:
                 return None
@@ -235,7 +309,7 @@ class Engine:
                 head += byte
         except socket.timeout:
             sock.close()
-            raise EngineUnavailable("the engine did not answer within %d s" % UPGRADE_TIMEOUT)
+            raise EngineUnavailable(silent_engine_text(UPGRADE_TIMEOUT))
         sock.settimeout(None)
         status = head.split(b"\r\n", 1)[0].decode("latin-1")
         if " 101 " not in status and " 200 " not in status:

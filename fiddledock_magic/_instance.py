@@ -19,8 +19,9 @@ from fiddledock_agent.protocol import METADATA_KEY
 
 from ._agent_files import boot_payload, relay_source
 from ._budget import Flood, cell_budget
-from ._engine import short_error
-from ._errors import AgentError, InstanceBusy, InstanceLost, MalformedEvent, plain_text
+from ._engine import PING_TIMEOUT, short_error, silent_engine_text
+from ._errors import (AgentError, EngineUnavailable, InstanceBusy, InstanceLost, MalformedEvent,
+                      plain_text)
 from ._events import BadEvent, done_header, read_event
 from ._protocol import VERSION, AgentConnection, ConnectionClosed, ProtocolError
 
@@ -31,6 +32,11 @@ PROBE_TIMEOUT = 2.0  # a status probe of an idle agent answers in well under 1 m
 STOP_SETTLE = 2.0  # how long a container whose channel ended may take to show as stopped
 CONTROL_TIMEOUT = 15.0  # a forced reset ends a cell first: the agent's kill wait, and more
 AGENT_USER = "0"  # relays run as the agent's uid: the only peers it accepts
+GIVEN_UP_WAIT = 60.0  # s the next cell waits for a cell given up on a silent engine
+
+# Containers whose cell was given up because the engine did not answer (the
+# request may reach the agent when the engine wakes).
+_given_up = set()
 
 
 def client_description():
@@ -300,10 +306,35 @@ class Instance:
         with self.lock:
             self.running_cell = True
             try:
-                return self._execute(code, handler, timeout, reset, output_limit,
-                                     interrupt_grace)
+                return self._after_given_up(handler, lambda: self._execute(
+                    code, handler, timeout, reset, output_limit, interrupt_grace))
             finally:
                 self.running_cell = False
+
+    def _after_given_up(self, handler, run_cell):
+        """run_cell(); while a cell given up on a silent engine holds the agent, wait for it.
+
+        That cell reaches the agent late, when the engine wakes, and runs to
+        its end: "busy" for it would blame another client. The wait is bounded.
+        """
+        if self.container_id not in _given_up:
+            return run_cell()
+        deadline = time.monotonic() + GIVEN_UP_WAIT
+        told = False
+        while True:
+            try:
+                done = run_cell()
+                _given_up.discard(self.container_id)
+                return done
+            except InstanceBusy:
+                if time.monotonic() > deadline:
+                    _given_up.discard(self.container_id)
+                    raise
+                if not told:
+                    handler.notice("waiting for the cell given up while the Docker engine "
+                                   "did not answer: it reached the instance late")
+                    told = True
+                time.sleep(0.2)
 
     def _execute(self, code, handler, timeout, reset, output_limit, interrupt_grace):
         conn = self.connection
@@ -366,13 +397,26 @@ class Instance:
                                "so its container was stopped" % exc)
 
     def _stop_wedged(self, started, timeout, kill_asked):
-        """The agent did not end the cell in time: stop its container."""
+        """The agent did not end the cell in time: stop its container.
+
+        Unless the engine itself does not answer (frozen, say): a kill it took in
+        now could land whenever it wakes, on a later cell. Then nothing is sent
+        to the engine and the cell is given up. Its request may still reach the
+        agent when the engine wakes (it cannot be taken back): the agent then
+        sees this connection gone and interrupts it, and the next cell waits
+        for that rather than failing as busy (see ``execute``).
+        """
         now = time.monotonic()
         if kill_asked is not None:
             what = "was not stopped %.0f s after the kill request" % (now - kill_asked)
         else:
             what = ("did not end %.0f s after its %g s time limit"
                     % (now - started - timeout, timeout))
+        if not self.engine.answers():
+            _given_up.add(self.container_id)
+            self.disconnect()
+            raise EngineUnavailable("instance %r: its cell was given up: %s; nothing was "
+                                    "stopped" % (self.name, silent_engine_text(PING_TIMEOUT)))
         self._stop("the cell %s: its agent stopped answering (the cell's code may have "
                    "stopped or taken over it), so its container was stopped" % what)
 

@@ -82,6 +82,7 @@ class Pool:
         self.errors = collections.deque(maxlen=5)  # (time.time(), text)
         self._error_count = 0
         self._ready = []  # _Entry, oldest first
+        self._dead = []  # entries found dead outside the thread, for it to remove
         self._filling = 0  # containers being made right now
         self._asked = 0  # resize requests so far ...
         self._done = 0   # ... and how many of them the thread has fully carried out
@@ -135,11 +136,25 @@ class Pool:
 
     def ready_count(self):
         with self._lock:
+            self._drop_dead()
             return len(self._ready)
+
+    def _drop_dead(self):
+        """Take out ready entries whose agent connection ended (an engine restart
+        or a stopped container ends it); the thread removes their containers.
+
+        Called with the lock held: entries in ``_ready`` are used by nobody else.
+        """
+        dead = [e for e in self._ready if not connection_alive(e.inst.connection)]
+        if dead:
+            self._ready = [e for e in self._ready if e not in dead]
+            self._dead.extend(dead)
+            self._wake.set()
 
     def take(self, key, name, cname):
         """A booted instance for settings ``key``, renamed to ``cname``; or None."""
         with self._lock:
+            self._drop_dead()
             for i, entry in enumerate(self._ready):
                 if entry.key == key:
                     del self._ready[i]
@@ -173,7 +188,7 @@ class Pool:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
         with self._lock:
-            entries, self._ready = self._ready, []
+            entries, self._ready, self._dead = self._ready + self._dead, [], []
         for entry in entries:
             entry.inst.disconnect()
             self._remove(self.manager.engine, entry.inst.container_id)
@@ -181,6 +196,7 @@ class Pool:
     def describe(self):
         """One line or a few for `pool` and `list`."""
         with self._lock:
+            self._drop_dead()
             text = "pool: %d ready of %d" % (len(self._ready), self.size)
             if self._filling:
                 text += " (%d starting)" % self._filling
@@ -226,10 +242,12 @@ class Pool:
         key = self.manager.pool_key(spec)
         # Stale (other settings), dead, or more than wanted: removed.
         with self._lock:
+            self._drop_dead()
             keep = [e for e in self._ready if e.key == key]
             drop = [e for e in self._ready if e.key != key]
             drop += keep[self.size:]
             self._ready = keep[:self.size]
+            drop, self._dead = drop + self._dead, []
         for entry in drop:
             entry.inst.disconnect()
             self._remove(engine, entry.inst.container_id)
