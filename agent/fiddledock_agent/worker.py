@@ -320,6 +320,10 @@ class Worker:
                     and not _ends_with_semicolon(lines[tree.body[-1].lineno - 1:])):
                 last = ast.Expression(tree.body.pop().value)
             code = compile(tree, filename, "exec")
+            _Guard.starting = False
+            if _Guard.early:
+                _Guard.early = False
+                raise KeyboardInterrupt
             exec(code, self.namespace)
             if last is not None:
                 value = eval(compile(last, filename, "eval"), self.namespace)
@@ -390,12 +394,15 @@ class Worker:
     def serve(self):
         while True:
             try:
+                _Guard.waiting, _Guard.starting, _Guard.early = True, False, False
                 frame = self.channel.recv()
+                _Guard.waiting = False
                 if frame is None:
                     return
                 header, payload = frame
                 if header.get("type") != "execute":
                     continue
+                _Guard.starting = True
                 self.count += 1
                 self.stdin_allowed = bool(header.get("stdin"))
                 self.rich_events = self.rich_sent = self.rich_dropped = 0
@@ -465,6 +472,22 @@ class _Guard:
     worker = None
     sending = False  # the main thread is writing a frame
     pending = False  # a SIGINT came while it was
+    waiting = False  # the main thread waits for the next cell
+    starting = False  # ... or has its execute request but runs none of its code yet
+    early = False  # a SIGINT came for a cell whose code had not started: raised when it does
+
+
+def _cell_requested():
+    """Whether an execute request is in the channel, not yet read."""
+    channel = _Guard.worker.channel if _Guard.worker is not None else None
+    if channel is None or channel._pending or channel._reader.pending():
+        return channel is not None
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(_Guard.sock.fileno(), termios.FIONREAD, count)
+    except OSError:
+        return False
+    return count[0] > 0
 
 
 def _in_cell_code(frame):
@@ -480,6 +503,8 @@ def _on_sigint(signum, frame):
         _Guard.pending = True
     elif _in_cell_code(frame):
         raise KeyboardInterrupt
+    elif _Guard.starting or (_Guard.waiting and _cell_requested()):
+        _Guard.early = True  # the interrupt came with the cell: it ends it as it starts
     # else: no cell code is running (it is finishing): nothing to interrupt
 
 
