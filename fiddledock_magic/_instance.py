@@ -71,8 +71,8 @@ class CellHandler:
 
 
 def connection_alive(conn):
-    """Whether an open connection still reaches its agent, without waiting
-    (stale frames dropped, a bounded amount: see ``AgentConnection.drain``)."""
+    """Whether an open connection is fit for use, without waiting or reading
+    (see ``AgentConnection.drain``)."""
     return conn is not None and conn.drain()
 
 

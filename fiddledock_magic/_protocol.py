@@ -21,7 +21,6 @@ __all__ = ["AgentConnection", "VERSION", "ProtocolError"]
 
 STDOUT, STDERR = 1, 2
 _STDERR_KEEP = 8192
-STALE_MAX = 256 * 1024  # bytes a connection may have waiting between cells
 
 
 class ConnectionClosed(AgentError):
@@ -81,29 +80,21 @@ class AgentConnection:
                 raise ConnectionClosed("the container's stream ended")
             self._demux(data)
 
-    def drain(self, limit=STALE_MAX):
-        """Drop what waits between cells; False if the stream ended.
+    def drain(self):
+        """Whether the connection is fit for the next cell: open, nothing waiting.
 
-        Frames waiting between cells are stale (e.g. of a cell this kernel
-        gave up on). More than ``limit`` bytes of them is an agent flooding us
-        between cells: the connection is closed rather than read on.
+        A real agent sends nothing between cells, so whatever waits (the end
+        of a cell this kernel gave up on, a late answer, an agent flooding us)
+        makes the connection suspect: it is closed unread, and the next cell
+        opens a fresh one. Nothing is ever read between cells.
         """
-        taken = 0
-        try:
-            while not self.closed:
-                self._ready.clear()
+        if not self.closed and not self._ready:
+            try:
                 readable, _, _ = select.select([self.sock], [], [], 0)
-                if not readable:
-                    return True
-                data = self.sock.recv(1 << 16)
-                if not data:
-                    break
-                taken += len(data)
-                if taken > limit:
-                    break
-                self._demux(data)
-        except (AgentError, OSError, ValueError):
-            pass
+            except (OSError, ValueError):
+                readable = True
+            if not readable:
+                return True
         self.close()
         return False
 

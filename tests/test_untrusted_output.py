@@ -260,8 +260,8 @@ def cpu_seconds(pid):
 
 
 def test_a_flood_between_cells_costs_the_idle_kernel_nothing(k, hostile_image):
-    """An instance that keeps sending after its cell ended: the kernel reads none of it
-    while idle, and at most a bounded amount before the next cell (then reconnects)."""
+    """An instance that keeps sending after its cell ended: the kernel reads none of it,
+    idle or not; the next cell sees data waiting and opens a fresh connection."""
     pid = k.km.provisioner.process.pid
     with rss_bounded(k):
         name, reply, msgs = attack(k, hostile_image, "#flood-after-done")
