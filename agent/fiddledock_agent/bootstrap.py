@@ -36,15 +36,18 @@ def take_client(listener):
     """``(connection, (stdin, stdout))`` a relay of our own uid hands over; None if not.
 
     The connection stays open as long as the client is served: the relay
-    waits for it to close.
+    waits for it to close. The supervisor takes its clients with this too.
     """
-    conn, _ = listener.accept()
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return None
     fds = None
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         if struct.unpack("3i", creds)[1] != os.getuid():
             return None  # a cell's process (another uid): never a client
-        conn.settimeout(5.0)
+        conn.settimeout(2.0)  # only a relay gets here: it sends at once
         _, ancillary, _, _ = conn.recvmsg(16, socket.CMSG_SPACE(8 * 4))
         fds = array.array("i")
         for level, kind, data in ancillary:
@@ -117,7 +120,7 @@ def _boot():
         sys.modules[full] = module
         setattr(package, name, module)
         exec(compile(sources[name], module.__file__, "exec"), module.__dict__)
-    sys.modules["fiddledock_agent.supervisor"].main(header, listener, (conn,) + fds)
+    sys.modules["fiddledock_agent.supervisor"].main(header, listener, (conn,) + fds, take_client)
 
 
 if __name__ == "__main__":

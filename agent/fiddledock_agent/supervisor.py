@@ -31,7 +31,6 @@ interrupt request or each ``interrupt_grace`` moves one step on):
    cell and the next one say that the state was lost.
 """
 
-import array
 import collections
 import os
 import selectors
@@ -236,35 +235,13 @@ def kill_all_of(uid):
         pass
 
 
-def peer_creds(sock):
-    """(pid, uid, gid) of the process at the other end of a unix socket."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)
-
-
-def peer_uid(sock):
-    return peer_creds(sock)[1]
-
-
 def peer_pid(sock):
+    """The pid at the other end of a unix socket (a relay), or 0."""
     try:
-        return peer_creds(sock)[0]
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
         return 0
-
-
-def receive_fds(conn):
-    """The (stdin, stdout) fds a relay passes over conn; None if not exactly two."""
-    _, ancillary, _, _ = conn.recvmsg(16, socket.CMSG_SPACE(8 * 4))
-    fds = array.array("i")
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-    if len(fds) != 2:
-        for fd in fds:
-            os.close(fd)
-        return None
-    return tuple(fds)
+    return struct.unpack("3i", creds)[0]
 
 
 class WorkerProcess:
@@ -415,7 +392,7 @@ def _number(value, default=0.0):
 
 
 class Supervisor:
-    def __init__(self, config, listener, first_client):
+    def __init__(self, config, listener, first_client, take_client):
         self.config = dict(DEFAULTS)
         self.config.update({k: v for k, v in (config or {}).items() if v is not None})
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -433,6 +410,7 @@ class Supervisor:
         self.contained = os.getpid() == 1 or os.getppid() == 1
         self.selector = selectors.DefaultSelector()
         self.listener = listener
+        self.take_client = take_client
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, self._on_accept)
         self.clients = {}  # in_fd -> Client
@@ -840,29 +818,16 @@ class Supervisor:
     # --- clients ---------------------------------------------------------------
     def _on_accept(self, _mask):
         """A relay connects: take the exec's stdin/stdout it hands over."""
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
+        client = self.take_client(self.listener)  # bootstrap.take_client: checks and all
+        if client is None:
             return
-        try:
-            if peer_uid(conn) != os.getuid():
-                conn.close()
-                return  # a cell's process (another uid): never a client
-            conn.settimeout(1.0)  # only a relay of ours gets here: it sends at once
-            fds = receive_fds(conn)
-            if fds is None:
-                conn.close()
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                for fd in fds:
-                    os.close(fd)
-                conn.close()
-                return
-            conn.sendall(b"k")
-            conn.setblocking(False)
-        except OSError:
+        conn, fds = client
+        if len(self.clients) >= MAX_CLIENTS:
+            for fd in fds:
+                os.close(fd)
             conn.close()
             return
+        conn.setblocking(False)
         self._add_client(conn, *fds)
 
     def _add_client(self, conn, in_fd, out_fd):
@@ -1151,11 +1116,12 @@ class Supervisor:
             client.close()
 
 
-def main(boot_header, listener, first_client):
+def main(boot_header, listener, first_client, take_client):
     """Run the agent: ``listener`` is the relays' socket, ``first_client`` the
-    (relay connection, stdin, stdout) of the client that booted us."""
+    (relay connection, stdin, stdout) of the client that booted us, and
+    ``take_client(listener)`` the bootstrap's way of accepting the next."""
     refused = seccomp.block_io_uring()  # before the worker forks: every cell process inherits it
-    supervisor = Supervisor(boot_header.get("config"), listener, first_client)
+    supervisor = Supervisor(boot_header.get("config"), listener, first_client, take_client)
     supervisor.notice = supervisor.notice or refused
     try:
         supervisor.loop()
