@@ -101,7 +101,8 @@ class CellError(FiddleDockError):
     """The cell's code failed in the container.
 
     Rendered by IPython through ``_render_traceback_`` as the container's own
-    traceback, so the magic's internals never show.
+    traceback (``traceback_lines``, drawn by ``_traceback``), so the magic's
+    internals never show.
     """
 
     def __init__(self, ename, evalue, traceback_lines):
@@ -111,10 +112,7 @@ class CellError(FiddleDockError):
         super().__init__("%s: %s" % (ename, evalue) if evalue else ename)
 
     def _render_traceback_(self):
-        lines = list(self.traceback_lines)
-        if lines:
-            lines[-1] = "\x1b[0;31m%s\x1b[0m" % lines[-1]
-        return lines
+        return list(self.traceback_lines)
 
 
 class CellKilled(FiddleDockError):

@@ -1,5 +1,6 @@
 """%%dockerrun against a real engine: what a user sees beneath a cell."""
 
+import re
 import time
 
 import pytest
@@ -173,7 +174,7 @@ def test_error_fails_the_kernel_cell_with_the_container_exception(kernel):
     reply, msgs = kernel.execute("%%dockerrun\n{}['missing']", timeout=120)
     assert reply["status"] == "error"
     assert reply["ename"] == "KeyError"
-    tb = "\n".join(reply["traceback"])
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))  # IPython's colours
     assert "KeyError: 'missing'" in tb and "_instance.py" not in tb
 
 

@@ -1011,7 +1011,8 @@ class Supervisor:
                                      "process limit is full; `%dockerrun restart` helps"})
             self.cell = None
             return
-        fwd = {"type": "execute", "stdin": bool(header.get("stdin"))}
+        fwd = {"type": "execute", "stdin": bool(header.get("stdin")),
+               "cell_name": header.get("cell_name"), "first_line": header.get("first_line")}
         self._to_worker(protocol.encode(fwd, payload))
 
     def _start_deferred(self):
