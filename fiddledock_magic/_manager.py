@@ -134,6 +134,8 @@ class InstanceManager:
             elif inst is not None:
                 notice("instance %r was gone (removed, or the engine restarted); "
                        "created a new one: its previous state is lost" % name)
+            else:  # said once, so a mistyped name does not pass unseen
+                notice("created new instance %r" % name)
             self.instances.pop(name, None)
             self.create(name, self.default_spec(image), progress=progress, _absent=True)
             return self.get(name, image, notice, progress)  # tells its boot notice, if any

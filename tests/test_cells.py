@@ -6,6 +6,7 @@ import time
 import pytest
 from IPython.core.error import UsageError
 
+from conftest import ok
 from fiddledock_magic import CellError
 
 
@@ -195,6 +196,7 @@ def test_python_and_child_output_keep_their_order(run, unique_name):
 
 
 def test_stdout_and_stderr_interleave_in_order_through_a_kernel(kernel):
+    ok(kernel.execute("%%dockerrun\npass", timeout=120)[0])  # created (a line of its own)
     code = ("%%dockerrun\nimport sys\nfor i in range(3):\n    print('out', i)\n"
             "    print('err', i, file=sys.stderr)")
     reply, msgs = kernel.execute(code, timeout=120)

@@ -80,3 +80,12 @@ def test_traceback_frames_from_an_instance_cannot_colour_or_break_the_page():
         with pytest.raises(BadEvent):
             read_event(({"type": "done", "status": "error", "error": {
                 "ename": "E", "traceback": [], "frames": bad}}, b""))
+
+
+def test_a_cell_that_creates_its_instance_says_so_once(kernel):
+    typo = name()
+    reply, _, _, text = cell(kernel, "%%%%dockerrun %s\nprint('hi')" % typo)
+    ok(reply)
+    assert plain([text]) == "[fiddledock] created new instance '%s'\nhi\n" % typo
+    reply, _, _, text = cell(kernel, "%%%%dockerrun %s\nprint('again')" % typo)
+    assert text == "again\n"
