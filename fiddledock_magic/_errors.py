@@ -1,5 +1,7 @@
 """The package's exceptions: one root, specific subclasses that carry data."""
 
+import difflib
+
 
 class FiddleDockError(Exception):
     """Root of every error FiddleDock raises on purpose.
@@ -38,11 +40,18 @@ class ImageBuildError(FiddleDockError):
 
 
 class InstanceNotFound(FiddleDockError):
-    """No instance of that name exists."""
+    """No instance of that name exists; ``known``: the names that do (None: not looked up)."""
 
-    def __init__(self, name):
+    def __init__(self, name, known=None):
         self.name = name
-        super().__init__("no instance named %r" % name)
+        self.known = None if known is None else sorted(known)
+        text = "no instance named %r" % name
+        if self.known is not None:
+            close = difflib.get_close_matches(name, self.known, 1)
+            text += "; did you mean %r?" % close[0] if close else ""
+            text += (" This notebook's instances: %s" % ", ".join(self.known) if self.known
+                     else "; this notebook has no instances yet")
+        super().__init__(text)
 
 
 class InstanceConflict(FiddleDockError):

@@ -67,10 +67,10 @@ class DockerRunMagics(Magics):
     def dockerrun(self, line, cell=None):
         """Run the cell as Python in a Docker container (an "instance").
 
-        As a cell magic, ``%%dockerrun [NAME] [options]`` runs the cell body in
-        instance NAME, streaming its output beneath the cell. As a line magic,
-        ``%dockerrun SUBCOMMAND ...`` manages instances; ``%dockerrun help``
-        lists the subcommands.
+        As the first line of a cell, %%dockerrun NAME runs the rest of the cell
+        in instance NAME (created on first use), its output beneath the cell.
+        As a line, %dockerrun SUBCOMMAND manages instances: %dockerrun help
+        lists the subcommands, with an example of each.
         """
         if cell is None:
             return self._line(line)
@@ -154,3 +154,8 @@ class DockerRunMagics(Magics):
             sys.stderr.write(text + "\n")
         sys.stderr.flush()
         return None
+
+
+# magic_arguments heads the help with "::" (reStructuredText) and the usage line.
+DockerRunMagics.dockerrun.__doc__ = DockerRunMagics.dockerrun.__doc__.replace(
+    "::\n\n", "Usage:\n", 1)

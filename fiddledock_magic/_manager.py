@@ -223,7 +223,7 @@ class InstanceManager:
         """Inspect data of the named instance's container, or InstanceNotFound."""
         info = self.engine.inspect(container_name(check_name(name), self.scope))
         if info is None:
-            raise InstanceNotFound(name)
+            raise InstanceNotFound(name, [self.name_of(r) for r in self.list()])
         return info
 
     def list(self):

@@ -89,3 +89,53 @@ def test_a_cell_that_creates_its_instance_says_so_once(kernel):
     assert plain([text]) == "[fiddledock] created new instance '%s'\nhi\n" % typo
     reply, _, _, text = cell(kernel, "%%%%dockerrun %s\nprint('again')" % typo)
     assert text == "again\n"
+
+
+# --- help and typos ----------------------------------------------------------------------
+
+def test_help_lists_each_subcommand_with_its_options_and_an_example(kernel):
+    reply, _, _, text = cell(kernel, "%dockerrun help")
+    ok(reply)
+    assert text.startswith("%%dockerrun [NAME] [--timeout SECONDS]")
+    assert "::" not in text and "%%dockerrun SUBCOMMAND" not in text
+    assert "%dockerrun SUBCOMMAND: manage this notebook's instances." in text
+    create = text.split("%dockerrun create NAME [options]\n", 1)[1].split("\n\n", 1)[0]
+    assert "    --memory MEMORY        Memory limit" in create
+    assert "    e.g. %dockerrun create alice --memory 1g --cpus 0.5" in create
+    for sub in ("list", "delete", "restart", "reset", "interrupt", "use", "cleanup", "pool",
+                "put", "get", "panel"):
+        section = text.split("\n%dockerrun " + sub, 1)[1].split("\n\n", 1)[0]
+        assert "    e.g. %dockerrun " + sub in section, section
+
+
+def test_the_cell_magics_docstring_has_no_markup(kernel):
+    reply = kernel.kc.execute_interactive("%%dockerrun?", timeout=30, output_hook=lambda m: None)
+    found = kernel.kc.inspect("%%dockerrun", 11, detail_level=0, reply=True, timeout=30)
+    doc = ANSI.sub("", found["content"]["data"]["text/plain"])
+    assert reply["content"]["status"] == "ok"
+    assert "Run the cell as Python in a Docker container" in doc
+    assert "``" not in doc and "::" not in doc
+
+
+def usage_error(kernel, code):
+    reply, _, _, _ = cell(kernel, code)
+    assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
+    return reply["evalue"]
+
+
+def test_typos_get_a_did_you_mean(kernel):
+    assert "did you mean 'list'?" in usage_error(kernel, "%dockerrun lst")
+    assert "did you mean '--memory'?" in usage_error(kernel, "%dockerrun create x --memroy 1g")
+    assert "did you mean '--timeout'?" in usage_error(kernel, "%%dockerrun x --timout 5\npass")
+    _, _, _, text = cell(kernel, "%dockerrun list")
+    assert "no instances" in text  # the typos created nothing
+
+
+def test_deleting_an_unknown_name_lists_the_names_that_exist(kernel):
+    n = name()
+    ok(cell(kernel, "%%%%dockerrun %s\npass" % n)[0])
+    reply, _, errors, _ = cell(kernel, "%%dockerrun delete %sx" % n)
+    assert reply["status"] == "error" and reply["ename"] == "InstanceNotFound"
+    line, = errors[0]["traceback"]
+    assert ("no instance named '%sx'; did you mean '%s'? This notebook's instances: %s"
+            % (n, n, n)) in line
