@@ -127,7 +127,7 @@ class DockerRunMagics(Magics):
                                  instance.name, self.shell)
         elif status == "timeout":  # KeyboardInterrupt stopped it: show where it was
             error = CellTimeout(
-                reason or "timed out after %g s: KeyboardInterrupt raised; namespace kept" % timeout,
+                reason or "timed out after %g s and was stopped; its variables are kept" % timeout,
                 remote_traceback(done.get("error") or {}, instance.name, self.shell))
         elif ended_by and status == "killed":  # reset (from the panel, say) while it ran
             error = CellEnded(instance.name, ended_by)

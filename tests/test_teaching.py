@@ -139,3 +139,11 @@ def test_deleting_an_unknown_name_lists_the_names_that_exist(kernel):
     line, = errors[0]["traceback"]
     assert ("no instance named '%sx'; did you mean '%s'? This notebook's instances: %s"
             % (n, n, n)) in line
+
+
+def test_the_cells_machine_is_named_after_its_instance(kernel):
+    n = name()
+    reply, _, _, text = cell(kernel, "%%%%dockerrun %s\nimport socket\nprint(socket.gethostname())"
+                             % n)
+    ok(reply)
+    assert text.splitlines()[-1] == n
