@@ -147,3 +147,17 @@ def test_the_cells_machine_is_named_after_its_instance(kernel):
                              % n)
     ok(reply)
     assert text.splitlines()[-1] == n
+
+
+def test_a_pooled_instance_has_a_neutral_hostname(own_scope, shell, run, line_magic):
+    """Made before its name is known (a hostname cannot change later): 'sandbox'."""
+    from fiddledock_magic._extension import manager_of
+    pool = manager_of(shell).pool
+    line_magic("pool 1")
+    assert pool.wait(90), pool.describe()
+    n = name()
+    _, out, _ = run("import socket\nprint(socket.gethostname())", n)
+    assert out == "sandbox\n"
+    line_magic("pool 0")
+    _, out, _ = run("import socket\nprint(socket.gethostname())", n + "b")
+    assert out == n + "b\n"  # not from the pool: its own name
