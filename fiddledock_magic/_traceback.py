@@ -52,12 +52,12 @@ def _where(frame, instance):
     """``Cell In[5] (instance alice), line 4, in f()`` or ``File /usr/lib/x.py:12, in g()``."""
     if frame["cell"] is not None:
         label = frame["cell"]
-        head = [(Token.Normal, "Cell "),
-                (Token.Filename, "%s (instance %s)" % (label, instance)),
-                (Token.Filename, ", line %d" % frame["line"])]
+        head = [(Token.NormalEm, "Cell "),
+                (Token.FilenameEm, "%s (instance %s)" % (label, instance)),
+                (Token.FilenameEm, ", line %d" % frame["line"])]
     else:
-        head = [(Token.Normal, "File "),
-                (Token.Filename, "%s:%d" % (frame["file"], frame["line"]))]
+        head = [(Token.NormalEm, "File "),
+                (Token.FilenameEm, "%s:%d" % (frame["file"], frame["line"]))]
     name = frame["name"]
     if name and name != "<module>":
         head += [(Token, ", in "), (Token.VName, name), (Token.ValEm, "()")]
