@@ -5,7 +5,9 @@ instance layer does the work. Parsing uses IPython's MagicArgumentParser, so
 a bad subcommand or value is a short ``UsageError``.
 """
 
+import difflib
 import shlex
+import textwrap
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
@@ -14,6 +16,23 @@ from ._errors import ImageNotFound
 from ._config import MAX_POOL_SIZE
 from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name, shown
 from ._status import html_table, text_table
+
+
+EXAMPLES = {
+    "help": "%dockerrun help",
+    "list": "%dockerrun list",
+    "create": "%dockerrun create alice --memory 1g --cpus 0.5",
+    "delete": "%dockerrun delete alice",
+    "restart": "%dockerrun restart alice",
+    "reset": "%dockerrun reset alice",
+    "interrupt": "%dockerrun interrupt alice",
+    "use": "%dockerrun use alice",
+    "cleanup": "%dockerrun cleanup",
+    "pool": "%dockerrun pool 3",
+    "put": "%dockerrun put data.csv alice:/home/sandbox/data.csv",
+    "get": "%dockerrun get alice:/home/sandbox/results results",
+    "panel": "%dockerrun panel",
+}
 
 
 def build_parser():
@@ -29,17 +48,21 @@ def build_parser():
     create.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 1 or 0.5.")
     create.add_argument("--pids", type=int, help="Process limit, at least 16.")
     create.add_argument("--disk", help="Size of each writable tmpfs, e.g. 256m.")
-    create.add_argument("--network", choices=NETWORKS)
+    create.add_argument("--network", choices=NETWORKS,
+                        help="none (default): no network; bridge: the internet.")
     create.add_argument("--runtime", choices=RUNTIMES, help="runsc is gVisor.")
     create.add_argument("--env", action="append", default=[], metavar="K=V",
                         help="An environment variable; repeat for more.")
     delete = sub.add_parser("delete", help="Delete an instance (or --all).", add_help=False)
     delete.add_argument("name", nargs="?")
-    delete.add_argument("--all", action="store_true")
-    for cmd, text in (("restart", "New container, same settings; state is lost."),
-                      ("reset", "Fresh namespace in the same container (ends a running cell)."),
-                      ("interrupt", "KeyboardInterrupt in the cell running in NAME, "
-                                    "also another kernel's."),
+    delete.add_argument("--all", action="store_true",
+                        help="Delete every instance of this notebook.")
+    for cmd, text in (("restart", "Start the instance afresh (same settings): its variables "
+                                  "and files are lost."),
+                      ("reset", "Forget the instance's variables, keep its files; a cell "
+                                "running in it is stopped."),
+                      ("interrupt", "Stop the cell running in NAME, as the stop button does "
+                                    "(also another kernel's cell)."),
                       ("use", "Make NAME the default for a bare %%dockerrun.")):
         p = sub.add_parser(cmd, help=text, add_help=False)
         p.add_argument("name")
@@ -82,12 +105,57 @@ def split_line(line):
 
 def parse_words(parser, words, limit=200):
     """parser.parse_args of split words; its UsageError cut to ``limit`` characters
-    (argparse quotes the words it refuses, and a word may be huge)."""
+    (argparse quotes the words it refuses, and a word may be huge), with a
+    "did you mean" for a mistyped option."""
     try:
         return parser.parse_args(words)
     except UsageError as exc:
         text = str(exc)
-        raise UsageError(text if len(text) <= limit else text[:limit - 3] + "...") from None
+        text = text if len(text) <= limit else text[:limit - 3] + "..."
+        raise UsageError(text + _did_you_mean_option(parser, words)) from None
+
+
+def _did_you_mean_option(parser, words):
+    """' (did you mean '--memory'?)' for the first option word that is close to a known one."""
+    known = set(parser._option_string_actions)
+    sub = _subparser(parser, words[0]) if words else None
+    if sub is not None:
+        known.update(sub._option_string_actions)
+    for word in words:
+        option = word.split("=", 1)[0]
+        if option.startswith("--") and option not in known:
+            close = difflib.get_close_matches(option, sorted(known), 1)
+            if close:
+                return "; did you mean %r?" % close[0]
+    return ""
+
+
+def _subparser(parser, command):
+    """The parser of one subcommand, or None."""
+    for action in parser._actions:
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict) and command in choices:
+            return choices[command]
+    return None
+
+
+def _synopsis(parser, command):
+    """'create NAME [--image IMAGE] ...' and the options' lines, from a subcommand's parser."""
+    words, options = [command], []
+    for action in parser._actions:
+        if not action.option_strings:
+            word = (action.metavar or action.dest).upper()
+            words.append("[%s]" % word if action.nargs == "?" else word)
+            continue
+        flag = action.option_strings[0]
+        if action.nargs == 0:
+            value = ""
+        elif action.choices:
+            value = " {%s}" % ",".join(action.choices)
+        else:
+            value = " " + (action.metavar or action.dest.upper())
+        options.append((flag + value, action.help or ""))
+    return " ".join(words), options
 
 
 class LineCommands:
@@ -100,8 +168,10 @@ class LineCommands:
         if not words:
             raise UsageError("a subcommand is needed: " + self.subcommands())
         if words[0] not in self.names():
-            raise UsageError("unknown subcommand %s; use one of: %s"
-                             % (shown(words[0]), self.subcommands()))
+            close = difflib.get_close_matches(words[0], self.names(), 1)
+            raise UsageError("unknown subcommand %s: %suse one of %s (%%dockerrun help "
+                             "explains each)" % (shown(words[0]), "did you mean %r? Or " % close[0]
+                                                 if close else "", self.subcommands()))
         try:
             args = parse_words(self.parser, words)
         except UsageError as exc:
@@ -110,12 +180,11 @@ class LineCommands:
 
     def usage(self, command):
         """The one-subcommand usage line, e.g. for an error about its arguments."""
-        for action in self.parser._actions:
-            choices = getattr(action, "choices", None)
-            if isinstance(choices, dict) and command in choices:
-                text = choices[command].format_usage().replace("::", "").replace("%%", "%")
-                return "usage: " + " ".join(text.split())
-        return ""
+        sub = _subparser(self.parser, command)
+        if sub is None:
+            return ""
+        text = sub.format_usage().replace("::", "").replace("%%", "%")
+        return "usage: " + " ".join(text.split())
 
     def names(self):
         return [n[4:] for n in dir(self) if n.startswith("cmd_")]
@@ -125,7 +194,29 @@ class LineCommands:
 
     # --- subcommands ---------------------------------------------------------
     def cmd_help(self, args):
-        print(self.parser.format_help())
+        print(self.help_text())
+
+    def help_text(self):
+        """Every subcommand with its options and an example."""
+        out = ["%%dockerrun [NAME] [--timeout SECONDS] [--image IMAGE] [--reset] [--no-raise]",
+               "    (first line of a cell) Run the cell in instance NAME, created on first "
+               "use.",
+               "    e.g. %%dockerrun alice --timeout 30", "",
+               "%dockerrun SUBCOMMAND: manage this notebook's instances.", ""]
+        for action in self.parser._actions:
+            if not isinstance(getattr(action, "choices", None), dict):
+                continue
+            for choice in action._choices_actions:
+                synopsis, options = _synopsis(action.choices[choice.dest], choice.dest)
+                out.append("%dockerrun " + synopsis + (" [options]" if options else ""))
+                out.extend(textwrap.wrap(choice.help.replace("%%", "%"), 88, initial_indent="    ",
+                                         subsequent_indent="    "))
+                for flag, text in options:
+                    out.append("    %-22s %s" % (flag, text) if len(flag) <= 22
+                               else "    %s\n    %-22s %s" % (flag, "", text))
+                out.append("    e.g. " + EXAMPLES[choice.dest])
+                out.append("")
+        return "\n".join(out).rstrip()
 
     def cmd_list(self, args):
         rows = self.manager.statuses()

@@ -1,5 +1,7 @@
 """The package's exceptions: one root, specific subclasses that carry data."""
 
+import difflib
+
 
 class FiddleDockError(Exception):
     """Root of every error FiddleDock raises on purpose.
@@ -38,11 +40,18 @@ class ImageBuildError(FiddleDockError):
 
 
 class InstanceNotFound(FiddleDockError):
-    """No instance of that name exists."""
+    """No instance of that name exists; ``known``: the names that do (None: not looked up)."""
 
-    def __init__(self, name):
+    def __init__(self, name, known=None):
         self.name = name
-        super().__init__("no instance named %r" % name)
+        self.known = None if known is None else sorted(known)
+        text = "no instance named %r" % name
+        if self.known is not None:
+            close = difflib.get_close_matches(name, self.known, 1)
+            text += "; did you mean %r?" % close[0] if close else ""
+            text += (" This notebook's instances: %s" % ", ".join(self.known) if self.known
+                     else "; this notebook has no instances yet")
+        super().__init__(text)
 
 
 class InstanceConflict(FiddleDockError):
@@ -101,7 +110,8 @@ class CellError(FiddleDockError):
     """The cell's code failed in the container.
 
     Rendered by IPython through ``_render_traceback_`` as the container's own
-    traceback, so the magic's internals never show.
+    traceback (``traceback_lines``, drawn by ``_traceback``), so the magic's
+    internals never show.
     """
 
     def __init__(self, ename, evalue, traceback_lines):
@@ -111,10 +121,7 @@ class CellError(FiddleDockError):
         super().__init__("%s: %s" % (ename, evalue) if evalue else ename)
 
     def _render_traceback_(self):
-        lines = list(self.traceback_lines)
-        if lines:
-            lines[-1] = "\x1b[0;31m%s\x1b[0m" % lines[-1]
-        return lines
+        return list(self.traceback_lines)
 
 
 class CellKilled(FiddleDockError):

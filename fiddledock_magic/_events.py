@@ -21,6 +21,7 @@ MAX_DEPTH = 32  # JSON nesting kept in metadata and JSON outputs (ipykernel recu
 MAX_JSON_PART = 1024 * 1024  # a JSON output larger than this is not parsed (JSON grows ~25x)
 MAX_PARTS = 64
 MAX_TEXT = 4000  # characters of a notice, prompt or reason shown
+MAX_FRAMES = 100  # frames of a traceback (the agent sends the innermost ones)
 DONE_STATUSES = ("ok", "error", "interrupted", "timeout", "killed")
 STREAMS = ("stdout", "stderr")
 
@@ -226,9 +227,40 @@ def _error(value):
         lines = []
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
         raise BadEvent("the traceback is not a list of text lines")
+    frames = value.get("frames")
+    if frames is not None and (not isinstance(frames, list) or len(frames) > MAX_FRAMES):
+        raise BadEvent("the traceback frames are not a list of at most %d" % MAX_FRAMES)
     return {"ename": text(value.get("ename"), "the exception name", 200),
             "evalue": text(value.get("evalue", ""), "the exception value", 100000),
-            "traceback": [text(line, "a traceback line") for line in lines]}
+            "traceback": [text(line, "a traceback line") for line in lines],
+            "frames": None if frames is None else [_frame(f) for f in frames]}
+
+
+def _line_number(value):
+    if type(value) is not int or not 0 <= value < 10 ** 9:
+        raise BadEvent("a traceback line number is not a number")
+    return value
+
+
+def _source_line(value):
+    """A line of source to show: tabs as spaces, no control characters (no colours of its own)."""
+    value = text(value, "a traceback source line", 500).expandtabs(4)
+    return "".join(c if c >= " " and c != "\x7f" else "?" for c in value)
+
+
+def _frame(value):
+    """One frame of a traceback: a cell's (``cell``: its label) or a file's (``file``)."""
+    if not isinstance(value, dict):
+        raise BadEvent("a traceback frame is %s, not an object" % type(value).__name__)
+    lines = value.get("lines") or []
+    if not isinstance(lines, list) or len(lines) > 2 * MAX_FRAMES or not all(
+            isinstance(pair, list) and len(pair) == 2 for pair in lines):
+        raise BadEvent("a traceback frame's lines are not [number, text] pairs")
+    return {"cell": _source_line(value["cell"]) if value.get("cell") is not None else None,
+            "file": _source_line(value.get("file") or ""),
+            "line": _line_number(value.get("line")),
+            "name": _source_line(value["name"]) if value.get("name") is not None else None,
+            "lines": [(_line_number(n), _source_line(line)) for n, line in lines]}
 
 
 def read_event(frame):

@@ -297,8 +297,11 @@ class Instance:
 
     # --- running cells ------------------------------------------------------
     def execute(self, code, handler, timeout=0, reset=False, output_limit=None,
-                interrupt_grace=None):
+                interrupt_grace=None, cell_name=None):
         """Run code; returns the agent's ``done`` header.
+
+        ``cell_name`` (e.g. "In[5]"): how tracebacks name the cell, whose code
+        starts on the editor's line 2 (below the ``%%dockerrun`` line).
 
         A KeyboardInterrupt here (the notebook's interrupt button) becomes an
         interrupt in the container; a second one asks for a kill.
@@ -307,7 +310,7 @@ class Instance:
             self.running_cell = True
             try:
                 return self._after_given_up(handler, lambda: self._execute(
-                    code, handler, timeout, reset, output_limit, interrupt_grace))
+                    code, handler, timeout, reset, output_limit, interrupt_grace, cell_name))
             finally:
                 self.running_cell = False
 
@@ -336,11 +339,14 @@ class Instance:
                     told = True
                 time.sleep(0.2)
 
-    def _execute(self, code, handler, timeout, reset, output_limit, interrupt_grace):
+    def _execute(self, code, handler, timeout, reset, output_limit, interrupt_grace,
+                 cell_name=None):
         conn = self.connection
         cell_id = next(self._cell_ids)
         request = {"type": "execute", "id": cell_id, "timeout": timeout or 0,
                    "reset": bool(reset), "stdin": bool(handler.can_ask)}
+        if cell_name:
+            request.update(cell_name=cell_name, first_line=2)
         if output_limit:
             request["output_limit"] = int(output_limit)
         if interrupt_grace is not None:

@@ -12,6 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from . import _traceback
 from ._commands import LineCommands, parse_words, split_line
 from ._errors import (CellEnded, CellError, CellKilled, CellTimeout, FiddleDockError,
                       InstanceLost)
@@ -19,13 +20,25 @@ from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
 
 
-def remote_error(error):
+def remote_traceback(error, instance, shell):
+    """The lines of a container's traceback, drawn as a local cell's."""
+    frames = error.get("frames")
+    if frames is None:  # an agent that sends text only
+        lines = list(error.get("traceback") or [])
+        if lines:
+            lines[-1] = "\x1b[0;31m%s\x1b[0m" % lines[-1]
+        return lines
+    return _traceback.render(error.get("ename") or "Error", error.get("evalue") or "", frames,
+                             instance, shell)
+
+
+def remote_error(error, instance, shell):
     """A CellError whose class name is the container exception's name."""
     ename = str(error.get("ename") or "Error")
     if not ename.isidentifier():
         ename = "Error"
     cls = type(ename, (CellError,), {"__module__": "fiddledock.container"})
-    return cls(ename, error.get("evalue", ""), error.get("traceback") or [])
+    return cls(ename, error.get("evalue", ""), remote_traceback(error, instance, shell))
 
 
 @magics_class
@@ -54,10 +67,10 @@ class DockerRunMagics(Magics):
     def dockerrun(self, line, cell=None):
         """Run the cell as Python in a Docker container (an "instance").
 
-        As a cell magic, ``%%dockerrun [NAME] [options]`` runs the cell body in
-        instance NAME, streaming its output beneath the cell. As a line magic,
-        ``%dockerrun SUBCOMMAND ...`` manages instances; ``%dockerrun help``
-        lists the subcommands.
+        As the first line of a cell, %%dockerrun NAME runs the rest of the cell
+        in instance NAME (created on first use), its output beneath the cell.
+        As a line, %dockerrun SUBCOMMAND manages instances: %dockerrun help
+        lists the subcommands, with an example of each.
         """
         if cell is None:
             return self._line(line)
@@ -87,6 +100,7 @@ class DockerRunMagics(Magics):
                                         progress=renderer.progress)
             instance.ended_by = None  # from here on, an action on the instance ends this cell
             done = instance.execute(cell, renderer, timeout=timeout, reset=args.reset,
+                                    cell_name=self._cell_name(),
                                     output_limit=self.config_obj.output_limit,
                                     interrupt_grace=self.config_obj.interrupt_grace)
         except InstanceLost as exc:  # the container stopped under the cell
@@ -109,11 +123,12 @@ class DockerRunMagics(Magics):
             renderer.notice(done["notice"])
         reason = done.get("reason")
         if status in ("error", "interrupted"):
-            error = remote_error(done.get("error") or {"ename": "KeyboardInterrupt"})
+            error = remote_error(done.get("error") or {"ename": "KeyboardInterrupt"},
+                                 instance.name, self.shell)
         elif status == "timeout":  # KeyboardInterrupt stopped it: show where it was
             error = CellTimeout(
-                reason or "timed out after %g s: KeyboardInterrupt raised; namespace kept" % timeout,
-                (done.get("error") or {}).get("traceback") or [])
+                reason or "timed out after %g s and was stopped; its variables are kept" % timeout,
+                remote_traceback(done.get("error") or {}, instance.name, self.shell))
         elif ended_by and status == "killed":  # reset (from the panel, say) while it ran
             error = CellEnded(instance.name, ended_by)
         else:  # the worker died or was killed: say why, and that the state is gone
@@ -122,6 +137,16 @@ class DockerRunMagics(Magics):
                         "fresh worker" % (reason or "died"))
         return self._fail(error, args.no_raise)
 
+    def _cell_name(self):
+        """The running cell's name as IPython's own tracebacks give it ("In[5]")."""
+        frame = sys._getframe(1)
+        while frame is not None:  # the cell's code called this magic
+            named = self.shell.compile.format_code_name(frame.f_code.co_filename)
+            if named:
+                return named[1]
+            frame = frame.f_back
+        return "In[%s]" % self.shell.execution_count
+
     def _fail(self, error, no_raise):
         if not no_raise:
             raise error
@@ -129,3 +154,8 @@ class DockerRunMagics(Magics):
             sys.stderr.write(text + "\n")
         sys.stderr.flush()
         return None
+
+
+# magic_arguments heads the help with "::" (reStructuredText) and the usage line.
+DockerRunMagics.dockerrun.__doc__ = DockerRunMagics.dockerrun.__doc__.replace(
+    "::\n\n", "Usage:\n", 1)

@@ -19,7 +19,7 @@ from ._agent_files import bootstrap_source
 from ._engine import LABEL, Engine
 from ._errors import AgentError, ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
 from ._instance import Instance, client_description, describe_stop
-from ._spec import (InstanceSpec, InvalidSetting, check_name, container_name,
+from ._spec import (POOL_HOSTNAME, InstanceSpec, InvalidSetting, check_name, container_name,
                     instance_name, is_pool_container_name, scope_id)
 from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
 
@@ -134,6 +134,8 @@ class InstanceManager:
             elif inst is not None:
                 notice("instance %r was gone (removed, or the engine restarted); "
                        "created a new one: its previous state is lost" % name)
+            else:  # said once, so a mistyped name does not pass unseen
+                notice("created new instance %r" % name)
             self.instances.pop(name, None)
             self.create(name, self.default_spec(image), progress=progress, _absent=True)
             return self.get(name, image, notice, progress)  # tells its boot notice, if any
@@ -182,7 +184,7 @@ class InstanceManager:
         """Create, start and boot a container; an Instance connected to it."""
         engine = engine or self.engine
         config, host_config = spec.container_config(
-            ["python3", "-c", bootstrap_source()], labels)
+            ["python3", "-c", bootstrap_source()], labels, hostname=name or POOL_HOSTNAME)
         cid = engine.create(cname, config, host_config)
         info = {"Id": cid, "Config": {"Labels": config["labels"], "Image": spec.image}}
         inst = Instance(self, name, info, engine=engine)
@@ -221,7 +223,7 @@ class InstanceManager:
         """Inspect data of the named instance's container, or InstanceNotFound."""
         info = self.engine.inspect(container_name(check_name(name), self.scope))
         if info is None:
-            raise InstanceNotFound(name)
+            raise InstanceNotFound(name, [self.name_of(r) for r in self.list()])
         return info
 
     def list(self):

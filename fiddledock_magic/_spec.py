@@ -19,6 +19,7 @@ AGENT_CAPS = ("SETUID", "SETGID", "KILL")  # what root in an instance may still 
 AGENT_RUN = "/run/fiddledock"  # root-only folder of the agent's socket (see bootstrap.py)
 NETWORKS = ("none", "bridge")
 RUNTIMES = ("runc", "runsc")
+POOL_HOSTNAME = "sandbox"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -241,8 +242,13 @@ class InstanceSpec:
             "fiddledock.env_keys": ",".join(sorted(self.env)),
         }
 
-    def container_config(self, command, labels):
-        """``(config, host_config)`` dicts for Engine.create."""
+    def container_config(self, command, labels, hostname=POOL_HOSTNAME):
+        """``(config, host_config)`` dicts for Engine.create.
+
+        ``hostname``: the instance's name, so the cell's machine is named as the
+        notebook names it; a pooled container, whose instance is not known
+        yet, keeps the neutral POOL_HOSTNAME (a hostname cannot change later).
+        """
         memory = parse_size(self.memory, "memory")
         disk = parse_size(self.disk, "disk")
         env = {
@@ -266,6 +272,7 @@ class InstanceSpec:
             # The agent (root without DAC_OVERRIDE) may not enter the home
             # folder (0700, the sandbox user's); the worker goes there itself.
             "working_dir": "/",
+            "hostname": hostname,
             "environment": env,
             "labels": all_labels,
             "stdin_open": False,  # clients come through their own exec'd relays

@@ -7,6 +7,7 @@ collide with another run's, and removes them at the end.
 
 import os
 import queue
+import re
 import time
 import uuid
 
@@ -73,6 +74,11 @@ def unique_name():
     return "t%s" % uuid.uuid4().hex[:8]
 
 
+# The line a cell that creates its instance begins with (tests/test_teaching.py
+# checks it); the run fixture leaves it out of the cell's own stderr.
+CREATED = re.compile(r"\x1b\[33m\[fiddledock\] created new instance '[^']*'\x1b\[0m\n")
+
+
 @pytest.fixture
 def run(shell, capsys):
     """run(cell, name, opts) -> (value, stdout, stderr) through the real magic."""
@@ -80,7 +86,7 @@ def run(shell, capsys):
         capsys.readouterr()
         value = shell.run_cell_magic("dockerrun", ("%s %s" % (name, opts)).strip(), cell)
         out, err = capsys.readouterr()
-        return value, out, err
+        return value, out, CREATED.sub("", err, count=1)
     return _run
 
 

@@ -1,10 +1,12 @@
 """%%dockerrun against a real engine: what a user sees beneath a cell."""
 
+import re
 import time
 
 import pytest
 from IPython.core.error import UsageError
 
+from conftest import ok
 from fiddledock_magic import CellError
 
 
@@ -173,7 +175,7 @@ def test_error_fails_the_kernel_cell_with_the_container_exception(kernel):
     reply, msgs = kernel.execute("%%dockerrun\n{}['missing']", timeout=120)
     assert reply["status"] == "error"
     assert reply["ename"] == "KeyError"
-    tb = "\n".join(reply["traceback"])
+    tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(reply["traceback"]))  # IPython's colours
     assert "KeyError: 'missing'" in tb and "_instance.py" not in tb
 
 
@@ -194,6 +196,7 @@ def test_python_and_child_output_keep_their_order(run, unique_name):
 
 
 def test_stdout_and_stderr_interleave_in_order_through_a_kernel(kernel):
+    ok(kernel.execute("%%dockerrun\npass", timeout=120)[0])  # created (a line of its own)
     code = ("%%dockerrun\nimport sys\nfor i in range(3):\n    print('out', i)\n"
             "    print('err', i, file=sys.stderr)")
     reply, msgs = kernel.execute(code, timeout=120)

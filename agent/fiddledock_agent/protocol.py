@@ -37,7 +37,10 @@ Requests (client -> agent)
 ``execute``       run a cell. Header: ``id`` (cell id), ``timeout`` (seconds,
                   0 = none), ``reset`` (fresh namespace first),
                   ``output_limit`` (bytes), ``stdin`` (client can answer
-                  input()). Payload: the source, UTF-8.
+                  input()), ``cell_name`` (how the notebook names the cell,
+                  e.g. "In[5]") and ``first_line`` (the editor's number of
+                  the source's first line): tracebacks use both.
+                  Payload: the source, UTF-8.
 ``interrupt``     KeyboardInterrupt in the running cell; ``kill: true``
                   escalates one step at once (kill its child processes, then
                   its worker; see supervisor.py). Only the cell's own client,
@@ -75,7 +78,9 @@ Events (agent -> client)
 ``notice``        header ``text``: something the user should know (output
                   truncated, worker restarted, ...).
 ``done``          the cell ended. Header ``status``: ``ok``, ``error``
-                  (``error`` has ``ename``, ``evalue``, ``traceback`` lines),
+                  (``error`` has ``ename``, ``evalue``, ``traceback`` lines
+                  and ``frames``: ``cell`` (its cell_name) or ``file``,
+                  ``line``, ``name`` (function), ``lines`` ([number, text])),
                   ``interrupted`` (KeyboardInterrupt, namespace kept),
                   ``timeout`` (the time limit raised KeyboardInterrupt and it
                   stopped; ``reason``, ``error``; namespace kept) or

@@ -699,16 +699,18 @@ class Supervisor:
         """What the user should know about the cell that is ending."""
         cell = self.cell
         notices = []
-        if cell.dropped:
+        if cell.dropped and not cell.limit_told:  # else told when it happened
             notices.append("output truncated: %s (%d bytes) dropped after the %s limit "
                            "(DockerRun.output_limit)"
                            % (size_text(cell.dropped), cell.dropped,
                               size_text(cell.output_limit)))
         if pids_max_count() > cell.pids_before:
             limit = pids_limit()
-            notices.append("this cell hit the process limit%s: creating a process or thread "
-                           "failed; `%%dockerrun reset` ends all its processes"
-                           % (" (%d)" % limit if limit else ""))
+            # Processes ended with the cell need no advice; others may still run.
+            notices.append("this cell hit the process limit%s: it could not start more "
+                           "processes or threads%s" % (" (%d)" % limit if limit else "",
+                                                       "" if cell.children_killed else
+                                                       "; `%dockerrun reset` ends all of them"))
         if not worker_died and oom_kill_count() > cell.oom_before:
             notices.append("out of memory (%s): the kernel killed a process of this cell"
                            % memory_limit_text())
@@ -726,19 +728,19 @@ class Supervisor:
         for text in self._cell_notices():
             self._to_cell({"type": "notice", "text": text})
         status = header.get("status")
-        extra = ("; its child processes were killed" if cell.children_killed else "")
+        extra = ("; the processes it started were ended" if cell.children_killed else "")
         if cell.why_interrupted == "timeout":
             what = "timed out after %g s" % cell.timeout
             if status == "interrupted":
                 header["status"] = "timeout"
-                header["reason"] = "%s: KeyboardInterrupt raised%s; namespace kept" % (what, extra)
+                header["reason"] = "%s and was stopped%s; its variables are kept" % (what, extra)
             else:
                 self._to_cell({"type": "notice", "text":
                                "%s: KeyboardInterrupt was raised in the code%s" % (what, extra)})
         elif cell.why_interrupted and cell.children_killed:
             self._to_cell({"type": "notice", "text":
-                           "interrupted: its child processes did not stop, so they were killed; "
-                           "namespace kept"})
+                           "interrupted: the processes it started did not stop, so they were "
+                           "ended; its variables are kept"})
         self._to_cell(header)
         self.cell = None
         self.last_activity = time.monotonic()
@@ -976,7 +978,8 @@ class Supervisor:
                                      "process limit is full; `%dockerrun restart` helps"})
             self.cell = None
             return
-        fwd = {"type": "execute", "stdin": bool(header.get("stdin"))}
+        fwd = {"type": "execute", "stdin": bool(header.get("stdin")),
+               "cell_name": header.get("cell_name"), "first_line": header.get("first_line")}
         self._to_worker(protocol.encode(fwd, payload))
 
     def _start_deferred(self):
