@@ -442,10 +442,11 @@ def test_tight_print_loop_is_coalesced_into_few_messages(kernel, unique_name):
     streams = [(t, m) for t, m in msgs if m["msg_type"] == "stream"]
     text = "".join(m["content"]["text"] for _, m in streams)
     assert text == "".join("%d\n" % i for i in range(20000))
-    # Not one message per print: at most one per flush interval while the loop runs
-    # (however long a loaded machine makes it), and far fewer than the prints.
+    # Not one message per print: about one per flush interval while the loop runs
+    # (however long a loaded machine makes it; ipykernel adds a few flushes of its
+    # own), and far fewer than the prints.
     took = streams[-1][0] - streams[0][0]
-    assert len(streams) <= min(200, 1.5 * took / FLUSH_INTERVAL + 5), (
+    assert len(streams) <= min(200, 2 * took / FLUSH_INTERVAL + 10), (
         "%d iopub stream messages for 20000 prints in %.1f s" % (len(streams), took))
     print("\n20000 prints -> %d iopub stream messages in %.1f s" % (len(streams), took))
 
