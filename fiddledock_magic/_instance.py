@@ -39,13 +39,18 @@ GIVEN_UP_WAIT = 60.0  # s the next cell waits for a cell given up on a silent en
 _given_up = set()
 
 
+def user_name():
+    """This process's user name (its uid where there is none)."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
 def client_description():
     """Who this client is, as other kernels are told when its cell blocks them."""
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return "the kernel with pid %d on %s (user %s)" % (os.getpid(), socket.gethostname(), user)
+    return "the kernel with pid %d on %s (user %s)" % (os.getpid(), socket.gethostname(),
+                                                        user_name())
 
 
 class CellHandler:

@@ -9,8 +9,6 @@ cleans up, owns the pool (``_pool.Pool``) and keeps idle connections drained.
 
 import concurrent.futures
 import functools
-import getpass
-import os
 import socket
 import threading
 
@@ -18,7 +16,7 @@ from . import _image
 from ._agent_files import bootstrap_source
 from ._engine import LABEL, Engine
 from ._errors import AgentError, ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
-from ._instance import Instance, client_description, describe_stop
+from ._instance import Instance, client_description, describe_stop, user_name
 from ._spec import (POOL_HOSTNAME, InstanceSpec, InvalidSetting, check_name, container_name,
                     instance_name, is_pool_container_name, scope_id)
 from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
@@ -30,11 +28,7 @@ CLAIM_WAIT = 0.5
 
 
 def _owner():
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return "%s@%s" % (user, socket.gethostname())
+    return "%s@%s" % (user_name(), socket.gethostname())
 
 
 def _serialized(method):
