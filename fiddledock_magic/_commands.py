@@ -338,8 +338,9 @@ class LineCommands:
 
 
 def _whose(cell, verb):
-    """'; <verb> the cell of <owner> (running for N s)', from the agent's report."""
-    if not cell:
+    """'; <verb> the cell of <owner> (running for N s)', from the agent's report
+    (untrusted: anything but a dict says nothing)."""
+    if not cell or not isinstance(cell, dict):
         return ""
     from ._errors import plain_text
     seconds = cell.get("seconds")
