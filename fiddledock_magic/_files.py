@@ -22,6 +22,7 @@ before sending anything, and keeps at most ``ANSWER_LIMIT`` bytes of what
 the helper answers.
 """
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -38,10 +39,11 @@ from fiddledock_agent import filehelper
 from ._agent_files import filehelper_source
 from ._archive import exists_error, extract, listed, shown
 from ._engine import StreamDemux, close_quietly
-from ._errors import InstanceNotFound, TransferError
+from ._errors import FiddleDockError, InstanceNotFound, TransferError
 from ._spec import SANDBOX_HOME, SANDBOX_UID, check_name, format_size, parse_size
 
 IO_TIMEOUT = 120.0  # seconds a transfer may stall before it is given up
+GIVE_UP_GRACE = 5.0  # seconds a given-up helper has to end before its container is stopped
 CHUNK = 1 << 16
 ANSWER_LIMIT = 64 << 10  # bytes kept of the helper's answer (put's stdout, stderr); more: error
 
@@ -98,9 +100,11 @@ class _Exec:
         self.engine = engine
         self.exec_id, self.sock, self._keepalive = engine.exec_socket(
             container_id, cmd, user="0" if as_root else None, workdir="/")
+        self.container_id = container_id
         self.sock.settimeout(IO_TIMEOUT)
         self.stderr = bytearray()
         self._demux = StreamDemux()
+        self.ended = False  # its output ended: it is done, or about to be
 
     def send(self, data):
         try:
@@ -128,6 +132,7 @@ class _Exec:
             except (ConnectionResetError, BrokenPipeError):
                 data = b""
             if not data:
+                self.ended = True
                 return
             for kind, chunk in self._demux.feed(data):
                 if kind == 1:
@@ -153,6 +158,45 @@ class _Exec:
 
     def close(self):
         close_quietly(self.sock, self._keepalive)
+
+    def outlives_us(self):
+        """Closed without reading to its end: is the helper still running?
+
+        The engine keeps copying a running exec's output after we stop
+        reading, at the host's CPU cost, for as long as the helper writes;
+        only a hostile image's helper floods like that, so its container is
+        stopped. Ours ends within a moment of its socket closing.
+        """
+        if self.ended:
+            return False
+        try:
+            if self.engine.exec_exit_code(self.exec_id, wait=GIVE_UP_GRACE) is not None:
+                return False
+            self.engine.kill(self.container_id)
+        except FiddleDockError:
+            pass  # an engine that does not answer cannot be copying either
+        return True
+
+
+@contextlib.contextmanager
+def _helper(engine, container_id, as_root, request, name):
+    """The helper's exec for one transfer; closed however the transfer ends."""
+    proc = _Exec(engine, container_id, as_root, request)
+    try:
+        yield proc
+    except TransferError as exc:
+        proc.close()
+        if proc.outlives_us():
+            raise TransferError("%s; its file helper kept running after that, so instance %r "
+                                "was stopped (its files are gone; the next cell starts it "
+                                "again)" % (exc, name)) from None
+        raise
+    except BaseException:
+        proc.close()
+        proc.outlives_us()
+        raise
+    finally:
+        proc.close()
 
 
 def _flooded(what):
@@ -227,8 +271,6 @@ def put(manager, local, target, limit, force=False, notice=print):
     arcname = os.path.basename(local_path.rstrip(os.sep)) or "root"
     as_root = _runs_as_root(_instance_info(manager, name))
     container_id = manager.get(name, notice=notice).container_id  # started again if stopped
-    proc = _Exec(manager.engine, container_id, as_root,
-                 {"mode": "put", "path": path, "name": arcname, "force": force})
     answer = bytearray()
 
     def take(chunk):
@@ -236,7 +278,8 @@ def put(manager, local, target, limit, force=False, notice=print):
         if len(answer) > ANSWER_LIMIT:
             raise _flooded("answer")
 
-    try:
+    with _helper(manager.engine, container_id, as_root,
+                 {"mode": "put", "path": path, "name": arcname, "force": force}, name) as proc:
         writer = _LimitedSocketWriter(proc, limit)
         try:
             with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -248,8 +291,6 @@ def put(manager, local, target, limit, force=False, notice=print):
         proc.close_stdin()
         proc.read(take)
         code = proc.exit_code()
-    finally:
-        proc.close()
     if code == filehelper.EXISTS:
         raise exists_error("%s:%s" % (name, proc.report().get("exists") or path))
     if code != 0:
@@ -315,18 +356,15 @@ def get(manager, source, local, limit, force=False):
             raise _TooLarge(received)
         spool.write(chunk)
 
-    proc = _Exec(manager.engine, info["Id"], _runs_as_root(info),
-                 {"mode": "get", "path": path, "limit": limit})
     where = "%s:%s" % (name, shown(path))
-    try:
+    with _helper(manager.engine, info["Id"], _runs_as_root(info),
+                 {"mode": "get", "path": path, "limit": limit}, name) as proc:
         proc.close_stdin()
         try:
             proc.read(take)
         except _TooLarge as exc:
             raise _too_large(where, exc.size, limit) from None
         code = proc.exit_code()
-    finally:
-        proc.close()
     with spool:
         if code == filehelper.TOO_LARGE:
             need = proc.report().get("too_large")

@@ -321,6 +321,7 @@ case "$5" in
   *'"mode": "get"'*/hardlinks*) exec cat /opt/hostile/hardlinks.tar ;;
   *'"mode": "get"'*/stderr-flood*) head -c 314572800 /dev/zero >&2; exit 0 ;;
   *'"mode": "put"'*/flood*) head -c 314572800 /dev/zero; exit 0 ;;
+  *'"mode": "get"'*/endless*) exec cat /dev/zero ;;
 esac
 exec /usr/bin/python3 "$@"
 '''
@@ -365,6 +366,26 @@ def test_a_flood_on_the_helpers_stderr_is_cut(hostile_image, line, unique_name, 
     assert str(info.value) == ("the instance's file helper sent more than 64.0 KiB of "
                                "messages; stopped reading it")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_helper_that_floods_on_after_it_is_given_up_stops_its_instance(
+        hostile_image, line, limit, run, unique_name, tmp_path, docker_client):
+    # The engine would copy its output at the host's CPU cost for as long as it ran.
+    line("create %s --image %s" % (unique_name, hostile_image))
+    limit("1m")
+    with pytest.raises(TransferError) as info:
+        line("get %s:/home/sandbox/endless %s" % (unique_name, tmp_path))
+    assert str(info.value).startswith("%s:/home/sandbox/endless is " % unique_name)
+    assert "more than DockerRun.transfer_limit (1.0 MiB)" in str(info.value)
+    assert str(info.value).endswith(
+        "its file helper kept running after that, so instance %r was stopped (its files are "
+        "gone; the next cell starts it again)" % unique_name)
+    assert os.listdir(tmp_path) == []
+    [container] = docker_client.containers.list(
+        all=True, filters={"label": "fiddledock.instance=%s" % unique_name})
+    assert container.status != "running"
+    _, out, _ = run("print('still usable')", unique_name)
+    assert out.endswith("still usable\n")
 
 
 def kernel_peak_rss(kernel, reset=False):
