@@ -68,7 +68,7 @@ def _too_large(what, size, limit):
 
 
 def _instance_info(manager, name):
-    """The instance's container (``_backend.Container``); a mistyped name is an error, never a new instance."""
+    """The instance's ``_backend.Container``; a mistyped name is an error, never a new instance."""
     try:
         return manager.find(name)
     except InstanceNotFound:
