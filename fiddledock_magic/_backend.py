@@ -141,7 +141,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def rename(self, container_id, name):
-        """Give the container a new name (a pooled one becomes an instance)."""
+        """Give the container a new name (a pooled one becomes an instance):
+        the name ``inspect`` finds it by and ``inspect``/``list`` report from
+        now on. ``EngineError`` if the name is taken. (Where the engine cannot
+        rename, e.g. a Swarm service, the backend may keep the name in a label
+        it can update.)"""
 
     @abc.abstractmethod
     def inspect(self, name_or_id):

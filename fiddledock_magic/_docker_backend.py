@@ -289,7 +289,7 @@ class DockerBackend(Backend):
         sample = self.call(self._api.stats, container_id, stream=False, within=STATS_TIMEOUT)
         return Usage(memory_used(sample), cpu_percent(sample))
 
-    # --- exec (file transfers) -------------------------------------------------
+    # --- streams into a container (agent channels, file transfers) -------------
     def exec_socket(self, container_id, cmd, user=None, workdir=None):
         # Files go this way too: the archive endpoints do not see an
         # instance's tmpfs mounts and refuse its read-only root.
@@ -363,11 +363,10 @@ class DockerBackend(Backend):
 
     # --- attach ---------------------------------------------------------------
     def attach(self, container_id):
-        """For unix and plain tcp engines the HTTP upgrade is done here, reading
-        the response header byte by byte, so no stream bytes can be left behind
-        in an HTTP library's buffer (another client's output may already be
-        flowing). Other transports go through docker-py.
-        """
+        # For unix and plain tcp engines the HTTP upgrade is done here, reading
+        # the response header byte by byte, so no stream bytes can be left behind
+        # in an HTTP library's buffer (another client's output may already be
+        # flowing). Other transports go through docker-py.
         path = "/v%s/containers/%s/attach?stream=1&stdin=1&stdout=1&stderr=1" % (
             self._api._version, container_id)
         sock = self._raw_upgrade(path, b"")
