@@ -503,7 +503,8 @@ class Bench:
         config, host = spec.container_config(["python3", "-c", code],
                                              {"fiddledock.bench": self.run_id})
         config.update(stdin_open=True, user="1000:1000")  # read raw, as the sandbox user
-        cid = self.backend.create_container("fiddledock-bench-raw-%s" % uuid.uuid4().hex[:8], config, host)
+        cid = self.backend.create_container("fiddledock-bench-raw-%s" % uuid.uuid4().hex[:8],
+                                            config, host)
         sock, _ = self.backend.attach(cid)
         try:
             self.backend.start(cid)
