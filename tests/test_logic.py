@@ -241,3 +241,42 @@ def test_an_engine_that_does_not_answer_is_one_error(manager, backend):
     backend.down = True
     with pytest.raises(EngineUnavailable):
         manager.get("x")
+
+
+# --- Docker's JSON as records (the one place that reads it) ----------------------------------
+
+def test_docker_inspect_data_becomes_a_container_record():
+    from fiddledock_magic._docker_backend import container_of_inspect, container_of_summary
+    never = container_of_inspect({
+        "Id": "abc", "Name": "/fiddledock-x-12345678",
+        "State": {"Status": "created", "Running": False, "ExitCode": 0, "OOMKilled": False,
+                  "StartedAt": "0001-01-01T00:00:00Z"},
+        "Config": {"Labels": {"fiddledock": "1"}, "Image": "img:1", "User": "0:0",
+                   "Env": ["A=b=c"]},
+        "HostConfig": {"Memory": 0}})
+    assert (never.name, never.state, never.running, never.started_at) == (
+        "fiddledock-x-12345678", "created", False, None)
+    assert (never.memory_limit, never.user, never.env, never.image) == (None, "0:0", ["A=b=c"],
+                                                                         "img:1")
+    oom = container_of_inspect({
+        "Id": "def", "Name": "/y", "State": {"Status": "exited", "ExitCode": 137,
+                                             "OOMKilled": True,
+                                             "StartedAt": "2024-05-01T12:00:00.123456789Z"},
+        "Config": {}, "HostConfig": {"Memory": 536870912}})
+    assert (oom.exit_code, oom.oom_killed, oom.memory_limit, oom.labels) == (137, True,
+                                                                              512 << 20, {})
+    assert oom.started_at.isoformat() == "2024-05-01T12:00:00+00:00"
+    row = container_of_summary({"Id": "abc", "Names": ["/fiddledock-x-1"], "State": "running",
+                                "Labels": None, "Image": "img:1"})
+    assert (row.name, row.running, row.labels, row.exit_code) == ("fiddledock-x-1", True, {},
+                                                                  None)
+
+
+def test_a_docker_stats_sample_becomes_usage():
+    from fiddledock_magic._docker_backend import cpu_percent, memory_used
+    sample = {"memory_stats": {"usage": 300, "stats": {"inactive_file": 100}},
+              "cpu_stats": {"cpu_usage": {"total_usage": 300}, "system_cpu_usage": 2000,
+                            "online_cpus": 2},
+              "precpu_stats": {"cpu_usage": {"total_usage": 100}, "system_cpu_usage": 1000}}
+    assert memory_used(sample) == 200 and cpu_percent(sample) == 40.0
+    assert memory_used({}) is None and cpu_percent({}) is None
