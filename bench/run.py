@@ -180,7 +180,7 @@ class Bench:
         self.config("pool_size", 0)  # a "new instance" must really be new until the pool section
         from fiddledock_magic._extension import manager_of
         self.manager = manager_of(self.shell)
-        self.engine = self.manager.engine
+        self.backend = self.manager.backend
 
     def config(self, key, value):
         self.shell.run_line_magic("config", "DockerRun.%s = %r" % (key, value))
@@ -503,10 +503,11 @@ class Bench:
         config, host = spec.container_config(["python3", "-c", code],
                                              {"fiddledock.bench": self.run_id})
         config.update(stdin_open=True, user="1000:1000")  # read raw, as the sandbox user
-        cid = self.engine.create("fiddledock-bench-raw-%s" % uuid.uuid4().hex[:8], config, host)
-        sock, _ = self.engine.attach(cid)
+        cid = self.backend.create_container("fiddledock-bench-raw-%s" % uuid.uuid4().hex[:8],
+                                            config, host)
+        sock, _ = self.backend.attach(cid)
         try:
-            self.engine.start(cid)
+            self.backend.start(cid)
             buf = bytearray(1 << 20)
             view = memoryview(buf)
             header = bytearray()

@@ -58,6 +58,18 @@ class InstanceConflict(FiddleDockError):
     """The request clashes with an existing instance (e.g. another image)."""
 
 
+class PoolSizeInvalid(FiddleDockError):
+    """A pool size that cannot be: ``size`` is what was asked for."""
+
+    def __init__(self, size):
+        self.size = size
+        super().__init__("the pool size must be 0 or more, not %d" % size)
+
+def short_error(exc):
+    """The last line of an exception's text, for one-line messages."""
+    text = str(exc).strip().splitlines()
+    return text[-1][:200] if text else type(exc).__name__
+
 def plain_text(value, limit=200):
     """Text a container sent, safe to print: control characters out, length capped."""
     text = value if isinstance(value, str) else ""

@@ -38,8 +38,8 @@ from fiddledock_agent import filehelper
 
 from ._agent_files import filehelper_source
 from ._archive import exists_error, extract, listed, shown
-from ._engine import StreamDemux, close_quietly
 from ._errors import FiddleDockError, InstanceNotFound, TransferError
+from ._protocol import StreamDemux, close_quietly
 from ._spec import SANDBOX_HOME, SANDBOX_UID, check_name, format_size, parse_size
 
 IO_TIMEOUT = 120.0  # seconds a transfer may stall before it is given up
@@ -70,7 +70,7 @@ def _too_large(what, size, limit):
 
 
 def _instance_info(manager, name):
-    """The instance's inspect data; a mistyped name is an error, never a new instance."""
+    """The instance's ``_backend.Container``; a mistyped name is an error, never a new instance."""
     try:
         return manager.find(name)
     except InstanceNotFound:
@@ -81,7 +81,7 @@ def _instance_info(manager, name):
 
 def _runs_as_root(info):
     """Whether the container's user is root, so an exec'd root keeps its capabilities."""
-    user = ((info.get("Config") or {}).get("User") or "").split(":")[0]
+    user = info.user.split(":")[0]
     return user in ("0", "root")
 
 
@@ -94,11 +94,11 @@ class _Exec:
     the sandbox user's identity, so it runs as the container's own user.
     """
 
-    def __init__(self, engine, container_id, as_root, request):
+    def __init__(self, backend, container_id, as_root, request):
         request = dict(request, uid=SANDBOX_UID, home=SANDBOX_HOME)
         cmd = ["python3", "-I", "-S", "-c", helper_source(), json.dumps(request)]
-        self.engine = engine
-        self.exec_id, self.sock, self._keepalive = engine.exec_socket(
+        self.backend = backend
+        self.exec_id, self.sock, self._keepalive = backend.exec_socket(
             container_id, cmd, user="0" if as_root else None, workdir="/")
         self.container_id = container_id
         self.sock.settimeout(IO_TIMEOUT)
@@ -143,7 +143,7 @@ class _Exec:
                         raise _flooded("messages")
 
     def exit_code(self):
-        return self.engine.exec_exit_code(self.exec_id)
+        return self.backend.exec_exit_code(self.exec_id)
 
     def message(self):
         return shown(bytes(self.stderr).decode("utf-8", "replace").strip(), 500)
@@ -170,18 +170,18 @@ class _Exec:
         if self.ended:
             return False
         try:
-            if self.engine.exec_exit_code(self.exec_id, wait=GIVE_UP_GRACE) is not None:
+            if self.backend.exec_exit_code(self.exec_id, wait=GIVE_UP_GRACE) is not None:
                 return False
-            self.engine.kill(self.container_id)
+            self.backend.kill(self.container_id)
         except FiddleDockError:
             pass  # an engine that does not answer cannot be copying either
         return True
 
 
 @contextlib.contextmanager
-def _helper(engine, container_id, as_root, request, name):
+def _helper(backend, container_id, as_root, request, name):
     """The helper's exec for one transfer; closed however the transfer ends."""
-    proc = _Exec(engine, container_id, as_root, request)
+    proc = _Exec(backend, container_id, as_root, request)
     try:
         yield proc
     except TransferError as exc:
@@ -278,7 +278,7 @@ def put(manager, local, target, limit, force=False, notice=print):
         if len(answer) > ANSWER_LIMIT:
             raise _flooded("answer")
 
-    with _helper(manager.engine, container_id, as_root,
+    with _helper(manager.backend, container_id, as_root,
                  {"mode": "put", "path": path, "name": arcname, "force": force}, name) as proc:
         writer = _LimitedSocketWriter(proc, limit)
         try:
@@ -343,7 +343,7 @@ def get(manager, source, local, limit, force=False):
     if os.path.lexists(dest) and not force:
         raise exists_error(dest)
     info = _instance_info(manager, name)
-    if not info.get("State", {}).get("Running"):
+    if not info.running:
         raise TransferError("instance %r is not running, so it has no files (they lived in its "
                             "container's memory); run a cell in it to start it again" % name)
     spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
@@ -357,7 +357,7 @@ def get(manager, source, local, limit, force=False):
         spool.write(chunk)
 
     where = "%s:%s" % (name, shown(path))
-    with _helper(manager.engine, info["Id"], _runs_as_root(info),
+    with _helper(manager.backend, info.id, _runs_as_root(info),
                  {"mode": "get", "path": path, "limit": limit}, name) as proc:
         proc.close_stdin()
         try:

@@ -2,7 +2,8 @@
 
 ``Instance`` is one container plus the connection to its agent; it runs
 cells and turns what the agent sends into calls on a ``CellHandler`` (the
-magic's renderer). It reaches Docker only through ``Engine``; finding,
+magic's renderer). It reaches its container only through the backend it
+is given (``_backend.Backend``); finding,
 creating and removing instances is ``_manager.InstanceManager``'s job.
 """
 
@@ -19,9 +20,8 @@ from fiddledock_agent.protocol import METADATA_KEY
 
 from ._agent_files import boot_payload, relay_source
 from ._budget import Flood, cell_budget
-from ._engine import PING_TIMEOUT, short_error, silent_engine_text
-from ._errors import (AgentError, EngineUnavailable, InstanceBusy, InstanceLost, MalformedEvent,
-                      plain_text)
+from ._errors import (AgentError, EngineUnavailable, FiddleDockError, InstanceBusy, InstanceLost,
+                      MalformedEvent, plain_text, short_error)
 from ._events import BadEvent, done_header, read_event
 from ._protocol import VERSION, AgentConnection, ConnectionClosed, ProtocolError
 
@@ -81,17 +81,15 @@ def connection_alive(conn):
     return conn is not None and conn.drain()
 
 
-def describe_stop(state):
-    """Why a container is not running, from its inspect State."""
-    if not state:
+def describe_stop(container):
+    """Why a container (a ``_backend.Container``, None: gone) is not running."""
+    if container is None:
         return "it is gone"
-    if state.get("OOMKilled"):
+    if container.oom_killed:
         return "its container ran out of memory and was stopped"
-    status = state.get("Status", "stopped")
-    code = state.get("ExitCode")
-    if status == "exited":
-        return "its container had stopped (exit code %s)" % code
-    return "its container is %s" % status
+    if container.state == "exited":
+        return "its container had stopped (exit code %s)" % container.exit_code
+    return "its container is %s" % (container.state or "stopped")
 
 
 class _InterruptLatch:
@@ -150,12 +148,16 @@ def _next_of(conn, kinds, timeout):
 class Instance:
     """One instance: its container and, once connected, its agent."""
 
-    def __init__(self, manager, name, info, engine=None):
-        self.manager = manager
+    def __init__(self, backend, name, container, agent_config=None, config=None):
+        """``container``: a ``_backend.Container``; ``agent_config``: the settings
+        sent to a fresh agent at boot; ``config``: a DockerRun, for the limits
+        the kernel enforces on each cell (defaults without one)."""
+        self.backend = backend
         self.name = name
-        self.container_id = info["Id"]
-        labels = info.get("Config", {}).get("Labels") or {}
-        self.image = labels.get("fiddledock.image") or info.get("Config", {}).get("Image")
+        self.container_id = container.id
+        self.image = container.labels.get("fiddledock.image") or container.image
+        self.agent_config = dict(agent_config or {})
+        self.config = config
         self.connection = None
         self.pending_notice = None  # from a status probe, for the next cell
         # Held while a cell or reset talks to the agent, so a status probe
@@ -166,11 +168,12 @@ class Instance:
         # under a running cell ("restarted from the panel"): the cell's message.
         self.ended_by = None
         self._cell_ids = itertools.count(1)
-        self._engine = engine
 
-    @property
-    def engine(self):
-        return self._engine or self.manager.engine
+    def adopt(self, name, backend):
+        """A pooled instance becomes instance ``name``, used through ``backend``
+        (the kernel's, no longer the pool thread's) from now on."""
+        self.name = name
+        self.backend = backend
 
     def alive(self):
         with self.lock:
@@ -193,7 +196,7 @@ class Instance:
         if self.connection is not None and not self.connection.closed:
             return None
         if fresh:
-            self.engine.start(self.container_id)
+            self.backend.start(self.container_id)
         conn, header = self._open_channel()
         if header["type"] == "need_boot":
             try:
@@ -214,7 +217,7 @@ class Instance:
     def _open_channel(self, passive=False):
         """A channel of our own to the agent (an exec'd relay), greeted:
         ``(connection, the 'ready' or 'need_boot' header)``."""
-        sock, keepalive = self.engine.exec_socket(
+        sock, keepalive = self.backend.exec_socket(
             self.container_id, ["python3", "-I", "-S", "-c", relay_source(), str(BOOT_TIMEOUT)],
             user=AGENT_USER)[1:]
         conn = AgentConnection(sock, keepalive)
@@ -252,7 +255,7 @@ class Instance:
 
     def _boot(self, conn):
         modules, payload = boot_payload()
-        conn.send({"type": "boot", "modules": modules, "config": self.manager.agent_config()},
+        conn.send({"type": "boot", "modules": modules, "config": self.agent_config},
                   payload)
 
     def _wait(self, conn, kinds):
@@ -281,15 +284,14 @@ class Instance:
         # The channel can end a moment before the engine marks the container stopped.
         deadline = time.monotonic() + STOP_SETTLE
         while True:
-            info = self.engine.inspect(self.container_id)
-            state = info and info.get("State")
-            if not (state and state.get("Running")) or time.monotonic() > deadline:
+            container = self.backend.inspect(self.container_id)
+            if not (container and container.running) or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        if state and state.get("Running"):
+        if container and container.running:
             reason = "the connection to its agent ended while its container still runs"
         else:
-            reason = describe_stop(state)
+            reason = describe_stop(container)
         detail = bytes(conn.agent_stderr).decode("utf-8", "replace").strip() if conn else ""
         if detail:
             reason += ": " + plain_text(detail.splitlines()[-1], 300)
@@ -362,7 +364,7 @@ class Instance:
             self.disconnect()
             raise InstanceLost(self.name, self._why_dead(conn)) from None
         grace = DEFAULT_GRACE if interrupt_grace is None else float(interrupt_grace)
-        budget = cell_budget(output_limit, getattr(self.manager, "config", None))
+        budget = cell_budget(output_limit, self.config)
         self._input_wait = 0.0
         # The agent ends a cell by its time limit (two escalation steps of grace
         # later at most), or after a kill request, on its own; past these
@@ -423,11 +425,13 @@ class Instance:
         else:
             what = ("did not end %.0f s after its %g s time limit"
                     % (now - started - timeout, timeout))
-        if not self.engine.answers():
+        try:
+            self.backend.ping()
+        except FiddleDockError as exc:
             _given_up.add(self.container_id)
             self.disconnect()
             raise EngineUnavailable("instance %r: its cell was given up: %s; nothing was "
-                                    "stopped" % (self.name, silent_engine_text(PING_TIMEOUT)))
+                                    "stopped" % (self.name, exc)) from None
         self._stop("the cell %s: its agent stopped answering (the cell's code may have "
                    "stopped or taken over it), so its container was stopped" % what)
 
@@ -442,7 +446,7 @@ class Instance:
         """Drop the connection and kill the container; why that failed, or None."""
         self.disconnect()  # first: an attach stream nobody reads holds up the engine's kill
         try:
-            self.engine.kill(self.container_id)
+            self.backend.kill(self.container_id)
         except Exception as exc:  # the cell still ends with one clean error
             return short_error(exc)
         return None

@@ -5,23 +5,24 @@ An instance's identity is its container's name, ``fiddledock-<name>-<scope8>``
 containers again, and a pooled container becomes an instance by being renamed.
 The manager also reports status (``statuses``, for `list` and the panel),
 cleans up, owns the pool (``_pool.Pool``) and keeps idle connections drained.
+It reaches containers only through its backend (``_backend.Backend``).
 """
 
-import concurrent.futures
 import functools
 import socket
 import threading
 
 from . import _image
 from ._agent_files import bootstrap_source
-from ._engine import LABEL, Engine
+from ._backend import LABEL, Container
+from ._docker_backend import DockerBackend
 from ._errors import AgentError, ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
 from ._instance import Instance, client_description, describe_stop, user_name
+from ._pool import Launcher, Pool, orphaned
 from ._spec import (POOL_HOSTNAME, InstanceSpec, InvalidSetting, check_name, container_name,
-                    instance_name, is_pool_container_name, scope_id)
-from ._status import InstanceStatus, cpu_percent, memory_used, parse_time
+                    instance_name, is_pool_container_name, pool_container_name, scope_id)
+from ._status import statuses
 
-STATUS_THREADS = 32  # stats samples take ~1 s each on the engine: run them side by side
 # A status probe holds an instance's lock for a moment, a running cell
 # for as long as it runs: an action waits this long before it counts the instance as busy.
 CLAIM_WAIT = 0.5
@@ -29,6 +30,97 @@ CLAIM_WAIT = 0.5
 
 def _owner():
     return "%s@%s" % (user_name(), socket.gethostname())
+
+
+def agent_config(config):
+    """The settings a fresh agent is booted with."""
+    return {
+        "idle_timeout": config.idle_timeout,
+        "output_limit": config.output_limit,
+        "interrupt_grace": config.interrupt_grace,
+    }
+
+
+def default_spec(config, image=None):
+    return InstanceSpec(image=image or config.image, memory=config.memory, cpus=config.cpus,
+                        pids=config.pids, disk=config.disk, network=config.network,
+                        runtime=config.runtime, env=dict(config.env))
+
+
+def pool_key(config, spec):
+    """What a pooled container must have been made with to serve ``spec``."""
+    return spec.key({"agent": agent_config(config), "scope": config.scope})
+
+
+def container_labels(scope, name):
+    """Labels of a new container: ours, its scope, its owner.
+
+    ``name`` is None for a pool container (its instance is not known yet).
+    """
+    return {
+        LABEL: "1",
+        "fiddledock.instance": name or "",
+        "fiddledock.scope": scope_id(scope),
+        "fiddledock.scope_path": scope[-200:],
+        "fiddledock.owner": _owner(),
+    }
+
+
+def check_runtime(backend, runtime):
+    if runtime == "runc":
+        return
+    known = backend.runtimes()
+    if runtime not in known:
+        hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
+                if runtime == "runsc" else "")
+        raise InvalidSetting("runtime %r is not registered with this Docker engine, which "
+                             "has: %s%s" % (runtime, ", ".join(known), hint), "runtime")
+
+
+def start_instance(backend, cname, name, spec, labels, config):
+    """Create, start and boot a container named cname; an Instance connected to it.
+
+    ``name`` is None for a pool container; ``config`` is the DockerRun whose
+    agent settings and cell limits the instance gets.
+    """
+    command = ["python3", "-c", bootstrap_source()]
+    cid = backend.create(cname, spec, command, labels, name or POOL_HOSTNAME)
+    created = Container(id=cid, name=cname, labels=dict(spec.labels(), **labels),
+                        state="created", image=spec.image)
+    inst = Instance(backend, name, created, agent_config(config), config)
+    try:
+        inst.pending_notice = inst.connect(fresh=True)  # told with its first cell
+    except BaseException:
+        backend.remove(cid)
+        raise
+    return inst
+
+
+class _PoolLauncher(Launcher):
+    """How the pool of one scope makes its containers: the manager's config."""
+
+    def __init__(self, config):
+        self.config = config
+
+    @property
+    def scope(self):
+        return scope_id(self.config.scope)
+
+    @property
+    def idle_timeout(self):
+        return self.config.idle_timeout
+
+    def wanted(self):
+        spec = default_spec(self.config)
+        return spec, pool_key(self.config, spec)
+
+    def launch(self, backend, spec, labels):
+        spec.validate()
+        check_runtime(backend, spec.runtime)
+        all_labels = container_labels(self.config.scope, None)
+        all_labels.update(labels)
+        return start_instance(backend, pool_container_name(self.config.scope), None, spec,
+                              all_labels, self.config)
 
 
 def _serialized(method):
@@ -49,14 +141,13 @@ class InstanceManager:
     from the pool was created under another name and its labels cannot change.
     """
 
-    def __init__(self, config, engine=None):
-        from ._pool import Pool
+    def __init__(self, config, backend=None):
         self.config = config
-        self.engine = engine or Engine()
+        self.backend = backend or DockerBackend()
         self.instances = {}  # name -> Instance, connected in this kernel
         self.deleted = {}  # name -> how it was deleted, for the cell that makes it anew
         self._changes = threading.RLock()  # see _serialized
-        self.pool = Pool(self)
+        self.pool = Pool(self.backend, _PoolLauncher(config))
         config.capacity_check = self.check_capacity
         if config.pool_size:
             self.pool.resize(config.pool_size)
@@ -72,35 +163,11 @@ class InstanceManager:
     def scope(self):
         return self.config.scope
 
-    def agent_config(self):
-        return {
-            "idle_timeout": self.config.idle_timeout,
-            "output_limit": self.config.output_limit,
-            "interrupt_grace": self.config.interrupt_grace,
-        }
-
     def default_spec(self, image=None):
-        c = self.config
-        return InstanceSpec(image=image or c.image, memory=c.memory, cpus=c.cpus,
-                            pids=c.pids, disk=c.disk, network=c.network,
-                            runtime=c.runtime, env=dict(c.env))
-
-    def pool_key(self, spec):
-        """What a pooled container must have been made with to serve ``spec``."""
-        return spec.key({"agent": self.agent_config(), "scope": self.scope})
+        return default_spec(self.config, image)
 
     def labels(self, name):
-        """Labels of a new container: ours, its scope, its owner.
-
-        ``name`` is None for a pool container (its instance is not known yet).
-        """
-        return {
-            LABEL: "1",
-            "fiddledock.instance": name or "",
-            "fiddledock.scope": scope_id(self.scope),
-            "fiddledock.scope_path": self.scope[-200:],
-            "fiddledock.owner": _owner(),
-        }
+        return container_labels(self.scope, name)
 
     # --- getting an instance ready ------------------------------------------
     @_serialized
@@ -119,7 +186,7 @@ class InstanceManager:
             return inst
         if inst is not None:
             inst.disconnect()
-        info = self.engine.inspect(container_name(name, self.scope))
+        info = self.backend.inspect(container_name(name, self.scope))
         if info is None:
             how = self.deleted.pop(name, None)
             if how:
@@ -134,14 +201,14 @@ class InstanceManager:
             self.create(name, self.default_spec(image), progress=progress, _absent=True)
             return self.get(name, image, notice, progress)  # tells its boot notice, if any
         old = inst
-        inst = Instance(self, name, info)
+        inst = self._instance(name, info)
         if image and image != inst.image:
             raise InstanceConflict(
                 "instance %r already runs image %r, not %r; delete it or pick another name"
                 % (name, inst.image, image))
-        if not info["State"].get("Running"):
+        if not info.running:
             notice("instance %r was not running (%s); restarted it: its previous state is lost"
-                   % (name, describe_stop(info["State"])))
+                   % (name, describe_stop(info)))
             text = inst.connect(fresh=True)
         else:
             if old is not None and old.container_id != inst.container_id:
@@ -161,12 +228,12 @@ class InstanceManager:
         """
         check_name(name)
         spec.validate()
-        self.check_runtime(spec.runtime)
+        check_runtime(self.backend, spec.runtime)
         self.check_capacity(spec)
         cname = container_name(name, self.scope)
-        if not _absent and self.engine.inspect(cname) is not None:
+        if not _absent and self.backend.inspect(cname) is not None:
             raise InstanceConflict("instance %r already exists" % name)
-        inst = self.pool.take(self.pool_key(spec), name, cname)
+        inst = self.pool.take(pool_key(self.config, spec), name, cname)
         if inst is None:
             self._ensure_image(spec.image, progress)
             inst = self.start_container(cname, name, spec, self.labels(name))
@@ -174,65 +241,43 @@ class InstanceManager:
         self.deleted.pop(name, None)
         return inst
 
-    def start_container(self, cname, name, spec, labels, engine=None):
+    def start_container(self, cname, name, spec, labels):
         """Create, start and boot a container; an Instance connected to it."""
-        engine = engine or self.engine
-        config, host_config = spec.container_config(
-            ["python3", "-c", bootstrap_source()], labels, hostname=name or POOL_HOSTNAME)
-        cid = engine.create(cname, config, host_config)
-        info = {"Id": cid, "Config": {"Labels": config["labels"], "Image": spec.image}}
-        inst = Instance(self, name, info, engine=engine)
-        try:
-            inst.pending_notice = inst.connect(fresh=True)  # told with its first cell
-        except BaseException:
-            engine.remove(cid)
-            raise
-        inst._engine = None if engine is self.engine else engine
-        return inst
+        return start_instance(self.backend, cname, name, spec, labels, self.config)
 
-    def check_runtime(self, runtime, engine=None):
-        if runtime == "runc":
-            return
-        known = (engine or self.engine).runtimes()
-        if runtime not in known:
-            hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
-                    if runtime == "runsc" else "")
-            raise InvalidSetting("runtime %r is not registered with this Docker engine, which "
-                                 "has: %s%s" % (runtime, ", ".join(known), hint), "runtime")
+    def _instance(self, name, container):
+        """An Instance of an existing container (not connected yet)."""
+        return Instance(self.backend, name, container, agent_config(self.config), self.config)
 
     def check_capacity(self, spec, fields=None):
         """InvalidSetting if spec asks for more CPUs or memory than the engine has."""
-        spec.check_capacity(*self.engine.capacity(), fields=fields)
+        spec.check_capacity(*self.backend.capacity(), fields=fields)
 
     def _ensure_image(self, image, progress):
-        if self.engine.image_exists(image):
+        if self.backend.image_exists(image):
             return
         if image != _image.DEFAULT_IMAGE:
             raise ImageNotFound(image)
         progress("The default image %s is missing; building it once (a few minutes)..." % image)
-        _image.build_default_image(self.engine.client, image, progress=progress)
+        _image.build_default_image(self.backend.images, image, progress=progress)
 
     # --- managing ---------------------------------------------------------------
     def find(self, name):
-        """Inspect data of the named instance's container, or InstanceNotFound."""
-        info = self.engine.inspect(container_name(check_name(name), self.scope))
+        """The named instance's ``_backend.Container``, or InstanceNotFound."""
+        info = self.backend.inspect(container_name(check_name(name), self.scope))
         if info is None:
             raise InstanceNotFound(name, [self.name_of(r) for r in self.list()])
         return info
 
     def list(self):
-        """Container summaries of this scope's instances (pool containers left out)."""
-        rows = self.engine.list({"fiddledock.scope": scope_id(self.scope)})
+        """``_backend.Container`` summaries of this scope's instances (pool
+        containers left out)."""
+        rows = self.backend.list({"fiddledock.scope": scope_id(self.scope)})
         return [r for r in rows if self.name_of(r) is not None]
 
-    def name_of(self, summary):
-        """The instance a container summary (or inspect data) stands for, or None."""
-        names = summary.get("Names") or [summary.get("Name") or ""]
-        for cname in names:
-            name = instance_name(cname, self.scope)
-            if name is not None:
-                return name
-        return None
+    def name_of(self, container):
+        """The instance a ``_backend.Container`` stands for, or None."""
+        return instance_name(container.name, self.scope)
 
     def names(self):
         return sorted(self.name_of(r) for r in self.list())
@@ -258,12 +303,12 @@ class InstanceManager:
                     inst.lock.release()
             else:
                 inst.ended_by = done
-        self.engine.remove(container_id)
+        self.backend.remove(container_id)
 
     @_serialized
     def delete(self, name, by="with %dockerrun delete"):
         info = self.find(name)
-        self._remove(name, info["Id"], "deleted " + by)
+        self._remove(name, info.id, "deleted " + by)
         self.deleted[name] = "deleted " + by
 
     @_serialized
@@ -271,7 +316,7 @@ class InstanceManager:
         names = []
         for summary in self.list():
             name = self.name_of(summary)
-            self._remove(name, summary["Id"], "deleted " + by)
+            self._remove(name, summary.id, "deleted " + by)
             self.deleted[name] = "deleted " + by
             names.append(name)
         return sorted(names)
@@ -281,7 +326,7 @@ class InstanceManager:
         """A new container with the same settings: state is lost."""
         info = self.find(name)
         spec = InstanceSpec.from_container(info, self.default_spec())
-        self._remove(name, info["Id"], "restarted " + by)
+        self._remove(name, info.id, "restarted " + by)
         return self.create(name, spec, progress=progress)
 
     @_serialized
@@ -331,9 +376,9 @@ class InstanceManager:
         Returns ``{"owner", "seconds"}`` of that cell, or None if none ran.
         """
         info = self.find(name)
-        if not info["State"].get("Running"):
+        if not info.running:
             return None
-        answer = Instance(self, name, info).control({"type": "interrupt", "force": True})
+        answer = self._instance(name, info).control({"type": "interrupt", "force": True})
         return answer if answer.get("owner") else None
 
     @_serialized
@@ -346,79 +391,27 @@ class InstanceManager:
         instances stay: after a kernel restart they are re-attached. Only
         this notebook's scope unless ``all_scopes``.
         """
-        from ._pool import orphaned
         labels = None if all_scopes else {"fiddledock.scope": scope_id(self.scope)}
         removed = []
-        for row in self.engine.list(labels):
-            cname = (row.get("Names") or ["?"])[0].lstrip("/")
-            if is_pool_container_name(cname):
+        for row in self.backend.list(labels):
+            if is_pool_container_name(row.name):
                 if not orphaned(row):
                     continue
-            elif row.get("State") == "running":
+            elif row.running:
                 continue
-            self.engine.remove(row["Id"])
+            self.backend.remove(row.id)
             name = self.name_of(row)
             if name is not None and self.instances.get(name) is not None \
-                    and self.instances[name].container_id == row["Id"]:
+                    and self.instances[name].container_id == row.id:
                 self.instances.pop(name).disconnect()
-            removed.append(name or cname)
+            removed.append(name or row.name or "?")
         return removed
 
     # --- status -----------------------------------------------------------------
     def statuses(self):
-        """One InstanceStatus per instance of this scope, sorted by name.
-
-        The engine's stats endpoint takes about a second per sample, so the
-        containers are inspected, sampled and probed side by side.
-        """
-        rows = self.list()
-        if not rows:
-            return []
-        workers = min(STATUS_THREADS, len(rows))
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(self._status_of, rows))
-        return sorted((r for r in results if r is not None), key=lambda r: r.name)
-
-    def _status_of(self, summary):
-        name = self.name_of(summary)
-        info = self.engine.inspect(summary["Id"])
-        if info is None:  # removed while we looked
-            return None
-        state = info.get("State") or {}
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        host = info.get("HostConfig") or {}
-        row = InstanceStatus(
-            name=name,
-            image=labels.get("fiddledock.image") or (info.get("Config") or {}).get("Image", ""),
-            status="stopped",
-            started_at=parse_time(state.get("StartedAt")),
-            memory_used=None,
-            memory_limit=host.get("Memory") or None,
-            cpu_percent=None,
-            container_id=info["Id"],
-            container_name=info.get("Name", "").lstrip("/"),
-            is_default=(name == self.config.default_instance),
-        )
-        if not state.get("Running"):
-            row.status, row.note = _stopped_status(state)
-            return row
-        try:
-            sample = self.engine.stats(info["Id"])
-            row.memory_used = memory_used(sample)
-            row.cpu_percent = cpu_percent(sample)
-        except Exception as exc:  # a container stopping right now, a runtime without stats
-            row.note = "no stats: %s" % str(exc).splitlines()[0][:100] if str(exc) else ""
-        inst = self.instances.get(name)
-        answer = None
-        if inst is not None and inst.container_id == info["Id"]:
-            answer = inst.probe()
-        if answer is None:
-            row.status = "running"
-            if not row.note:
-                row.note = "not connected from this kernel"
-        else:
-            row.status = answer
-        return row
+        """One InstanceStatus per instance of this scope, sorted by name."""
+        named = [(self.name_of(c), c) for c in self.list()]
+        return statuses(self.backend, named, self.instances, self.config.default_instance)
 
     def disconnect_all(self):
         for inst in self.instances.values():
@@ -429,22 +422,3 @@ class InstanceManager:
     def close(self):
         self.pool.close()
         self.disconnect_all()
-
-
-# Exit codes of a container that was stopped rather than crashed: clean exit,
-# SIGINT, SIGKILL and SIGTERM (docker stop).
-_STOP_CODES = (0, 130, 137, 143)
-
-
-def _stopped_status(state):
-    """('stopped' or 'dead', why) for a container that is not running."""
-    if state.get("OOMKilled"):
-        return "dead", "out of memory"
-    status = state.get("Status")
-    if status == "created":
-        return "stopped", "never started"
-    if status == "dead" or state.get("ExitCode") not in _STOP_CODES:
-        return "dead", "exit code %s" % state.get("ExitCode")
-    return "stopped", "exit code %s" % state.get("ExitCode")
-
-

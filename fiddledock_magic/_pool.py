@@ -36,9 +36,9 @@ import socket
 import threading
 import time
 
-from ._engine import short_error as _short
+from ._errors import ImageNotFound, PoolSizeInvalid, short_error
 from ._instance import connection_alive
-from ._spec import POOL_PREFIX, pool_container_name
+from ._spec import is_pool_container_name
 
 REFILL_DELAY = 0.5   # after a take, let the first cell run before the engine gets busy
 ERROR_BACKOFF = 10.0  # after a failure (image missing, engine down), wait before retrying
@@ -50,11 +50,12 @@ def _creator():
     return "%s:%d" % (socket.gethostname(), os.getpid())
 
 
-def orphaned(summary):
-    """Whether a pool container (list summary) is nobody's: stopped, or its kernel is gone."""
-    if summary.get("State") != "running":
+def orphaned(container):
+    """Whether a pool container (``_backend.Container``) is nobody's: stopped, or
+    its kernel is gone."""
+    if not container.running:
         return True
-    host, _, pid = ((summary.get("Labels") or {}).get(LABEL_POOL) or "").rpartition(":")
+    host, _, pid = (container.labels.get(LABEL_POOL) or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's kernel: its containers idle-stop by themselves
     try:
@@ -64,6 +65,22 @@ def orphaned(summary):
     except PermissionError:
         return False
     return False
+
+
+class Launcher:
+    """What a pool needs from the notebook it serves (the instance manager gives one)."""
+
+    scope = ""  # the scope's id (``_spec.scope_id``): its containers carry it as a label
+    idle_timeout = 0  # seconds an agent waits for use before its container stops itself
+
+    def wanted(self):
+        """``(spec, key)``: the settings new pool containers get now, and their key."""
+        raise NotImplementedError
+
+    def launch(self, backend, spec, labels):
+        """A booted Instance (no name yet) in a new pool container made through
+        ``backend`` with ``spec`` and these ``labels`` among its own."""
+        raise NotImplementedError
 
 
 class _Entry:
@@ -76,8 +93,9 @@ class _Entry:
 class Pool:
     """N booted containers with the default settings, kept by a thread."""
 
-    def __init__(self, manager):
-        self.manager = manager
+    def __init__(self, backend, launcher):
+        self.backend = backend  # the kernel's; the thread uses a clone of its own
+        self.launcher = launcher
         self.size = 0
         self.errors = collections.deque(maxlen=5)  # (time.time(), text)
         self._error_count = 0
@@ -92,7 +110,6 @@ class Pool:
         self._closed = False
         self._thread = None
         self._refill_at = 0.0
-        self._engine = None
         self._atexit = False
 
     # --- what the kernel's main thread calls --------------------------------
@@ -100,7 +117,7 @@ class Pool:
         """Keep ``n`` containers ready; ``wait`` blocks until the pool has that many."""
         n = int(n)
         if n < 0:
-            raise ValueError("the pool size must be 0 or more")
+            raise PoolSizeInvalid(n)
         with self._lock:
             if n != self.size:
                 self.errors.clear()  # a new request: old errors would only confuse
@@ -164,17 +181,16 @@ class Pool:
             self._refill_at = time.monotonic() + REFILL_DELAY
         self._wake.set()
         inst = entry.inst
-        inst._engine = None  # from now on the kernel's engine, not the pool thread's
         try:
             if not connection_alive(inst.connection):
                 raise OSError("its agent is gone")
-            self.manager.engine.rename(inst.container_id, cname)
+            self.backend.rename(inst.container_id, cname)
         except Exception as exc:  # gone meanwhile, or the name is taken: make one the slow way
-            self._note("a pool container could not be taken (%s)" % _short(exc))
+            self._note("a pool container could not be taken (%s)" % short_error(exc))
             inst.disconnect()
-            self._remove(self.manager.engine, inst.container_id)
+            self._remove(self.backend, inst.container_id)
             return None
-        inst.name = name
+        inst.adopt(name, self.backend)  # from now on the kernel's backend, not the thread's
         return inst
 
     def close(self):
@@ -191,7 +207,7 @@ class Pool:
             entries, self._ready, self._dead = self._ready + self._dead, [], []
         for entry in entries:
             entry.inst.disconnect()
-            self._remove(self.manager.engine, entry.inst.container_id)
+            self._remove(self.backend, entry.inst.container_id)
 
     def describe(self):
         """One line or a few for `pool` and `list`."""
@@ -207,21 +223,20 @@ class Pool:
 
     # --- the thread --------------------------------------------------------------
     def _run(self):
-        engine = self.manager.engine.clone()
-        self._engine = engine
+        backend = self.backend.clone()
         try:
-            self._remove_orphans(engine)
+            self._remove_orphans(backend)
         except Exception as exc:
-            self._note("looking for orphaned pool containers failed: %s" % _short(exc))
+            self._note("looking for orphaned pool containers failed: %s" % short_error(exc))
         while True:
             self._wake.clear()  # a wake-up during this round makes another round
             with self._lock:
                 asked = self._asked
             pause = self._keepalive_interval()
             try:
-                self._reconcile(engine)
+                self._reconcile(backend)
             except Exception as exc:
-                self._note(_short(exc))
+                self._note(short_error(exc))
                 pause = ERROR_BACKOFF
             with self._lock:
                 self._done = asked
@@ -234,12 +249,11 @@ class Pool:
             self._wake.wait(pause)
 
     def _keepalive_interval(self):
-        idle = float(self.manager.config.idle_timeout or 3600)
+        idle = float(self.launcher.idle_timeout or 3600)
         return min(300.0, max(0.5, idle / 3))
 
-    def _reconcile(self, engine):
-        spec = self.manager.default_spec()
-        key = self.manager.pool_key(spec)
+    def _reconcile(self, backend):
+        spec, key = self.launcher.wanted()
         # Stale (other settings), dead, or more than wanted: removed.
         with self._lock:
             self._drop_dead()
@@ -250,8 +264,8 @@ class Pool:
             drop, self._dead = drop + self._dead, []
         for entry in drop:
             entry.inst.disconnect()
-            self._remove(engine, entry.inst.container_id)
-        self._keep_alive(engine)
+            self._remove(backend, entry.inst.container_id)
+        self._keep_alive(backend)
         delay = self._refill_at - time.monotonic()
         if delay > 0 and self.ready_count() < self.size:
             time.sleep(delay)
@@ -262,35 +276,29 @@ class Pool:
                 self._filling += 1
             entry = None
             try:
-                entry = self._make(engine, spec, key)
+                entry = self._make(backend, spec, key)
             finally:
                 with self._lock:
                     self._filling -= 1
                     wanted = (entry is not None and not self._closed
                               and len(self._ready) < self.size
-                              and key == self.manager.pool_key(self.manager.default_spec()))
+                              and key == self.launcher.wanted()[1])
                     if wanted:
                         self._ready.append(entry)
                     self._settled.notify_all()
             if entry is not None and not wanted:
                 entry.inst.disconnect()
-                self._remove(engine, entry.inst.container_id)
+                self._remove(backend, entry.inst.container_id)
                 return
 
-    def _make(self, engine, spec, key):
-        spec.validate()
-        self.manager.check_runtime(spec.runtime, engine)
-        if not engine.image_exists(spec.image):
-            raise RuntimeError("image %r not found on the Docker engine; the pool cannot fill"
-                               % spec.image)
-        labels = self.manager.labels(None)
-        labels[LABEL_POOL] = _creator()
-        labels[LABEL_KEY] = key
-        cname = pool_container_name(self.manager.scope)
-        inst = self.manager.start_container(cname, None, spec, labels, engine=engine)
-        return _Entry(inst, key)
+    def _make(self, backend, spec, key):
+        if not backend.image_exists(spec.image):
+            raise ImageNotFound(spec.image, "image %r not found on the Docker engine; the pool "
+                                "cannot fill" % spec.image)
+        labels = {LABEL_POOL: _creator(), LABEL_KEY: key}
+        return _Entry(self.launcher.launch(backend, spec, labels), key)
 
-    def _keep_alive(self, engine):
+    def _keep_alive(self, backend):
         """A hello to each container not used for a while, so it does not idle-stop."""
         interval = self._keepalive_interval()
         now = time.monotonic()
@@ -307,23 +315,21 @@ class Pool:
                 alive.append(entry)
             except Exception:
                 entry.inst.disconnect()
-                self._remove(engine, entry.inst.container_id)
+                self._remove(backend, entry.inst.container_id)
         with self._lock:
             self._ready.extend(alive)
 
-    def _remove_orphans(self, engine):
-        from ._spec import scope_id
-        rows = engine.list({"fiddledock.scope": scope_id(self.manager.scope)})
-        for row in rows:
-            cname = (row.get("Names") or [""])[0].lstrip("/")
-            if cname.startswith(POOL_PREFIX) and orphaned(row):
-                self._remove(engine, row["Id"])
+    def _remove_orphans(self, backend):
+        for row in backend.list({"fiddledock.scope": self.launcher.scope}):
+            if is_pool_container_name(row.name) and orphaned(row):
+                self._remove(backend, row.id)
 
-    def _remove(self, engine, container_id):
+    def _remove(self, backend, container_id):
         try:
-            engine.remove(container_id)
+            backend.remove(container_id)
         except Exception as exc:
-            self._note("could not remove pool container %s: %s" % (container_id[:12], _short(exc)))
+            self._note("could not remove pool container %s: %s"
+                       % (container_id[:12], short_error(exc)))
 
     def _note(self, text):
         with self._lock:

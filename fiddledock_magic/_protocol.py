@@ -2,25 +2,66 @@
 
 Framing and message types are defined once, in ``fiddledock_agent.protocol``
 (documented there). This module adds what only the client needs: taking
-Docker's stream multiplexing apart and waiting for frames with a deadline.
+Docker's stream multiplexing apart (``StreamDemux``: the backend's exec
+streams come in that format) and waiting for frames with a deadline.
 Each connection is this client's own byte stream to the agent (see the
 transport section there), so nothing another client sends can reach it.
 """
 
 import select
 import socket
+import struct
 import threading
 import time
 
 from fiddledock_agent.protocol import VERSION, FrameReader, ProtocolError, encode
 
-from ._engine import StreamDemux, close_quietly
 from ._errors import AgentError
 
-__all__ = ["AgentConnection", "VERSION", "ProtocolError"]
+__all__ = ["AgentConnection", "VERSION", "ProtocolError", "StreamDemux", "close_quietly"]
 
 STDOUT, STDERR = 1, 2
 _STDERR_KEEP = 8192
+
+
+class StreamDemux:
+    """Docker's multiplexed stream (attach or exec without a TTY) taken apart.
+
+    Each chunk comes behind an 8-byte header: stream (1 stdout, 2 stderr)
+    and length.
+    """
+
+    HEADER = struct.Struct(">BxxxL")
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data):
+        """``[(stream, bytes), ...]`` for every whole chunk received so far."""
+        buf = self._buf
+        buf += data
+        out = []
+        pos = 0
+        size_of_header = self.HEADER.size
+        while len(buf) - pos >= size_of_header:
+            stream, size = self.HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - size_of_header < size:
+                break
+            out.append((stream, bytes(buf[pos + size_of_header:pos + size_of_header + size])))
+            pos += size_of_header + size
+        del buf[:pos]
+        return out
+
+
+def close_quietly(sock, keepalive=None):
+    """Close a raw socket and whatever the backend keeps alive behind it."""
+    for thing in (sock, keepalive):
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception:  # closing must never fail a cell
+            pass
 
 
 class ConnectionClosed(AgentError):
@@ -42,7 +83,7 @@ class AgentConnection:
         self._mux = StreamDemux()
         self._frames = FrameReader()
         self._ready = []
-        self._keepalive = keepalive  # the docker-py response object behind sock
+        self._keepalive = keepalive  # what the backend keeps alive behind sock
         self.agent_stderr = bytearray()
         self.closed = False
 

@@ -199,12 +199,13 @@ class InstanceSpec:
                                      % (field, format_size(memory), why, shown(value)), field)
 
     @classmethod
-    def from_container(cls, info, fallback):
-        """The settings a container was created with (its labels and env).
+    def from_container(cls, container, fallback):
+        """The settings a container (``_backend.Container``) was created with
+        (its labels and env).
 
         ``fallback`` is an InstanceSpec for settings a label does not hold.
         """
-        labels = (info.get("Config") or {}).get("Labels") or {}
+        labels = container.labels
         spec = cls(
             image=labels.get("fiddledock.image") or fallback.image,
             memory=labels.get("fiddledock.memory") or fallback.memory,
@@ -215,7 +216,7 @@ class InstanceSpec:
             runtime=labels.get("fiddledock.runtime") or fallback.runtime,
         )
         keys = set(filter(None, labels.get("fiddledock.env_keys", "").split(",")))
-        for item in (info.get("Config") or {}).get("Env") or []:
+        for item in container.env:
             key, _, value = item.partition("=")
             if key in keys:
                 spec.env[key] = value
@@ -243,7 +244,7 @@ class InstanceSpec:
         }
 
     def container_config(self, command, labels, hostname=POOL_HOSTNAME):
-        """``(config, host_config)`` dicts for Engine.create.
+        """``(config, host_config)`` dicts for the Docker engine's container create.
 
         ``hostname``: the instance's name, so the cell's machine is named as the
         notebook names it; a pooled container, whose instance is not known

@@ -11,8 +11,10 @@
 - ``dead``: the container died (out of memory, crashed, engine state dead).
 """
 
+import concurrent.futures
 import dataclasses
 import datetime
+import html
 from typing import Optional
 
 from ._spec import format_size
@@ -39,41 +41,83 @@ class InstanceStatus:
         return datetime.datetime.now(datetime.timezone.utc) - self.started_at
 
 
-# --- reading one engine sample ---------------------------------------------------
+# --- asking the backend ----------------------------------------------------------
 
-def memory_used(stats):
-    """Bytes in use from a stats sample, page cache that can be dropped left out."""
-    mem = (stats or {}).get("memory_stats") or {}
-    usage = mem.get("usage")
-    if usage is None:
+STATUS_THREADS = 32  # stats samples take ~1 s each on the engine: run them side by side
+
+# Exit codes of a container that was stopped rather than crashed: clean exit,
+# SIGINT, SIGKILL and SIGTERM (docker stop).
+STOP_CODES = (0, 130, 137, 143)
+
+
+def stopped_status(container):
+    """('stopped' or 'dead', why) for a container (``_backend.Container``) that is not running."""
+    if container.oom_killed:
+        return "dead", "out of memory"
+    if container.state == "created":
+        return "stopped", "never started"
+    if container.state == "dead" or container.exit_code not in STOP_CODES:
+        return "dead", "exit code %s" % container.exit_code
+    return "stopped", "exit code %s" % container.exit_code
+
+
+def statuses(backend, named, instances, default_instance=None):
+    """One InstanceStatus per ``(name, container)`` of ``named``, sorted by name.
+
+    ``instances``: name -> Instance connected in this kernel (its agent is
+    asked whether it is idle). The engine's stats take about a second per
+    sample, so the containers are inspected, sampled and probed side by side.
+    """
+    if not named:
+        return []
+
+    def status_of(item):
+        return status_of_container(backend, item[0], item[1].id, instances.get(item[0]),
+                                   item[0] == default_instance)
+
+    workers = min(STATUS_THREADS, len(named))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(status_of, named))
+    return sorted((r for r in results if r is not None), key=lambda r: r.name)
+
+
+def status_of_container(backend, name, container_id, inst=None, is_default=False):
+    """The InstanceStatus of instance ``name`` (None if its container is gone);
+    ``inst``: its Instance in this kernel, if any."""
+    info = backend.inspect(container_id)
+    if info is None:  # removed while we looked
         return None
-    detail = mem.get("stats") or {}
-    # cgroup v1 names it total_inactive_file, v2 inactive_file (as `docker stats` does)
-    inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0))
-    return max(0, int(usage) - int(inactive or 0))
-
-
-def cpu_percent(stats):
-    """CPU use over the sample's interval, 100 = one core (like `docker stats`)."""
-    cpu = (stats or {}).get("cpu_stats") or {}
-    pre = (stats or {}).get("precpu_stats") or {}
+    row = InstanceStatus(
+        name=name,
+        image=info.labels.get("fiddledock.image") or info.image,
+        status="stopped",
+        started_at=info.started_at,
+        memory_used=None,
+        memory_limit=info.memory_limit,
+        cpu_percent=None,
+        container_id=info.id,
+        container_name=info.name,
+        is_default=is_default,
+    )
+    if not info.running:
+        row.status, row.note = stopped_status(info)
+        return row
     try:
-        cpu_delta = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
-        system_delta = cpu["system_cpu_usage"] - pre["system_cpu_usage"]
-    except (KeyError, TypeError):
-        return None
-    if system_delta <= 0 or cpu_delta < 0:
-        return 0.0 if system_delta > 0 else None
-    cores = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
-    return cpu_delta / system_delta * cores * 100.0
-
-
-def parse_time(text):
-    """Docker's UTC timestamps ('2024-05-01T12:00:00.123456789Z'); None for the zero time."""
-    if not text or text.startswith("0001-"):
-        return None
-    when = datetime.datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")
-    return when.replace(tzinfo=datetime.timezone.utc)
+        sample = backend.stats(info.id)
+        row.memory_used = sample.memory_used
+        row.cpu_percent = sample.cpu_percent
+    except Exception as exc:  # a container stopping right now, a runtime without stats
+        row.note = "no stats: %s" % str(exc).splitlines()[0][:100] if str(exc) else ""
+    answer = None
+    if inst is not None and inst.container_id == info.id:
+        answer = inst.probe()
+    if answer is None:
+        row.status = "running"
+        if not row.note:
+            row.note = "not connected from this kernel"
+    else:
+        row.status = answer
+    return row
 
 
 # --- showing rows -----------------------------------------------------------------
@@ -124,7 +168,6 @@ def text_table(rows):
 
 
 def html_table(rows):
-    import html
     head = "".join("<th style='text-align:left'>%s</th>" % c for c in COLUMNS)
     body = []
     for row in rows:

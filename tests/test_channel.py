@@ -134,7 +134,7 @@ def test_two_kernels_on_one_instance_never_splice_their_frames(kernels):
 def test_garbage_from_one_client_drops_only_that_client(run, unique_name, shell):
     run("kept = 'yes'", unique_name)
     inst = manager_of(shell).instances[unique_name]
-    engine = inst.engine
+    backend = inst.backend
     attacks = [b"\xff" * 64,  # not a frame
                struct.pack(">II", 200001, 0) + b"[" * 200000 + b"]",  # too deep
                struct.pack(">II", 2, 0) + b"[]",  # not an object
@@ -143,7 +143,7 @@ def test_garbage_from_one_client_drops_only_that_client(run, unique_name, shell)
                    json.dumps({"type": "execute", "timeout": [1], "id": {}}).encode(),
                    json.dumps({"type": "interrupt", "kill": "yes"}).encode()))]
     for attack in attacks:
-        _, sock, keepalive = engine.exec_socket(
+        _, sock, keepalive = backend.exec_socket(
             inst.container_id, ["python3", "-I", "-S", "-c", relay_source(), "10"],
             user=AGENT_USER)
         sock.sendall(attack)

@@ -18,7 +18,7 @@ import urllib3.exceptions
 
 from conftest import Kernel, stream_text
 from engines import second_engine  # noqa: F401  (fixture)
-from fiddledock_magic._engine import Engine
+from fiddledock_magic._docker_backend import DockerBackend
 from fiddledock_magic._errors import EngineUnavailable
 
 FROZEN_LIST_BOUND = 20.0  # s; docker-py alone waited 61 s
@@ -145,6 +145,6 @@ def test_every_timeout_becomes_the_one_line_engine_unavailable(exc):
         raise exc
     with pytest.raises(EngineUnavailable) as caught:
         offline = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41")
-        Engine(offline).call(silent_engine, within=2.5)
+        DockerBackend(offline).call(silent_engine, within=2.5)
     assert "did not answer within 2.5 s" in str(caught.value)
     assert len(caught.value._render_traceback_()) == 1

@@ -41,7 +41,7 @@ def as_sandbox_user(code):
 
 
 def container_of(shell, docker_client, name):
-    return docker_client.containers.get(manager_of(shell).find(name)["Id"])
+    return docker_client.containers.get(manager_of(shell).find(name).id)
 
 
 # --- the helper is out of the cell's reach ---------------------------------------

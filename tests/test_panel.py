@@ -13,7 +13,7 @@ import docker.errors
 import pytest
 from IPython.core.error import UsageError
 
-from fiddledock_magic._engine import Engine
+from fiddledock_magic._docker_backend import DockerBackend
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._manager import InstanceManager
 from fiddledock_magic._panel import InstancePanel
@@ -303,8 +303,8 @@ def test_action_on_an_instance_removed_behind_its_back(shell, panel, unique_name
 
 def test_unreachable_engine_is_reported_in_the_panel():
     from fiddledock_magic._config import DockerRun
-    bad = InstanceManager(DockerRun(scope="pytest-no-engine"), engine=Engine(docker.DockerClient(
-        base_url="unix:///nonexistent/docker.sock", version="1.41")))
+    offline = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    bad = InstanceManager(DockerRun(scope="pytest-no-engine"), backend=DockerBackend(offline))
     model = PanelModel(bad)
     try:
         view = InstancePanel(model)

@@ -1,14 +1,15 @@
-"""The engine seam: every call FiddleDock makes to Docker goes through here.
+"""The Docker engine behind the backend interface (``_backend.Backend``).
 
-The instance layer asks for containers in plain terms (create, start,
-attach, inspect, remove, stats, archives); a Kubernetes backend would
-implement the same methods. ``DOCKER_HOST`` and the other ``DOCKER_*``
-variables are honoured through ``docker.from_env``.
+Every call FiddleDock makes to Docker goes through ``DockerBackend.call``,
+with a short explicit timeout, and every failure to reach or hear the engine
+becomes one ``EngineUnavailable`` there. Docker's JSON is turned into the
+interface's records here and nowhere else. ``DOCKER_HOST`` and the other
+``DOCKER_*`` variables are honoured through ``docker.from_env``.
 """
 
+import datetime
 import os
 import socket
-import struct
 import threading
 import time
 import urllib.parse
@@ -18,7 +19,9 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
+from ._backend import LABEL, PING_TIMEOUT, Backend, Container, Usage
+from ._docker_images import DockerImages
+from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound, short_error
 from ._spec import shown
 
 # How long each kind of call may wait for the engine, in seconds. A live engine
@@ -27,15 +30,13 @@ from ._spec import shown
 QUICK_TIMEOUT = 5.0    # inspect, list, info, rename, exec inspect
 CHANGE_TIMEOUT = 30.0  # create, start, kill, remove, exec create: seconds on a loaded machine
 STATS_TIMEOUT = 15.0   # one stats sample waits for two readings, about a second apart
-PING_TIMEOUT = 3.0     # "does the engine answer at all", before acting on an instance
 CONNECT_TIMEOUT = 5.0  # opening a raw socket to the engine
 UPGRADE_TIMEOUT = 30   # seconds for the engine to answer an attach or exec request
-LABEL = "fiddledock"  # every container of ours carries fiddledock=1
 MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
 
 # Every way a wait for the engine can run out (requests, urllib3, raw sockets).
 TIMEOUTS = (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)
-_NO_LIMIT = object()  # a call's timeout when Engine.call did not choose one
+_NO_LIMIT = object()  # a call's timeout when DockerBackend.call did not choose one
 
 
 def engine_address():
@@ -62,18 +63,12 @@ def _engine_error(exc, within=None):
         "does, on Linux as root) or point DOCKER_HOST at one." % (where, short_error(exc)))
 
 
-def short_error(exc):
-    """The last line of an exception's text, for one-line messages."""
-    text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
-
-
 class _CallTimeout(threading.local):
     seconds = _NO_LIMIT
 
 
 def _call_timeout(api):
-    """Where Engine.call puts the timeout it chose for this thread's requests on api.
+    """Where DockerBackend.call puts the timeout it chose for this thread's requests on api.
 
     Installed once per docker-py client. A request that names its own timeout
     (image build, pull, import: none) keeps it.
@@ -91,7 +86,64 @@ def _call_timeout(api):
     return current
 
 
-class Engine:
+# --- Docker's JSON as the interface's records ------------------------------------
+
+def parse_time(text):
+    """Docker's UTC timestamps ('2024-05-01T12:00:00.123456789Z'); None for the zero time."""
+    if not text or text.startswith("0001-"):
+        return None
+    when = datetime.datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")
+    return when.replace(tzinfo=datetime.timezone.utc)
+
+
+def container_of_summary(row):
+    """A ``Container`` from one entry of the container list."""
+    return Container(id=row["Id"], name=((row.get("Names") or [""])[0]).lstrip("/"),
+                     labels=row.get("Labels") or {}, state=row.get("State") or "",
+                     image=row.get("Image") or "")
+
+
+def container_of_inspect(info):
+    """A ``Container`` from a container's inspect data."""
+    state = info.get("State") or {}
+    config = info.get("Config") or {}
+    return Container(
+        id=info["Id"], name=(info.get("Name") or "").lstrip("/"),
+        labels=config.get("Labels") or {}, state=state.get("Status") or "",
+        image=config.get("Image") or "", exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")), started_at=parse_time(state.get("StartedAt")),
+        memory_limit=(info.get("HostConfig") or {}).get("Memory") or None,
+        user=config.get("User") or "", env=list(config.get("Env") or []))
+
+
+def memory_used(stats):
+    """Bytes in use from a stats sample, page cache that can be dropped left out."""
+    mem = (stats or {}).get("memory_stats") or {}
+    usage = mem.get("usage")
+    if usage is None:
+        return None
+    detail = mem.get("stats") or {}
+    # cgroup v1 names it total_inactive_file, v2 inactive_file (as `docker stats` does)
+    inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    return max(0, int(usage) - int(inactive or 0))
+
+
+def cpu_percent(stats):
+    """CPU use over the sample's interval, 100 = one core (like `docker stats`)."""
+    cpu = (stats or {}).get("cpu_stats") or {}
+    pre = (stats or {}).get("precpu_stats") or {}
+    try:
+        cpu_delta = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
+        system_delta = cpu["system_cpu_usage"] - pre["system_cpu_usage"]
+    except (KeyError, TypeError):
+        return None
+    if system_delta <= 0 or cpu_delta < 0:
+        return 0.0 if system_delta > 0 else None
+    cores = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
+    return cpu_delta / system_delta * cores * 100.0
+
+
+class DockerBackend(Backend):
     """A Docker engine, reached lazily on first use."""
 
     def __init__(self, client=None):
@@ -100,11 +152,10 @@ class Engine:
         self._info = None
 
     def clone(self):
-        """An Engine for another thread: its own HTTP connections to the same engine."""
-        return Engine() if self._from_env else Engine(self._client)
+        return DockerBackend() if self._from_env else DockerBackend(self._client)
 
-    @property
-    def client(self):
+    def _docker(self):
+        """The docker-py client (made on first use); for this module only."""
         if self._client is None:
             try:
                 # Room for `list` to sample many containers side by side. The
@@ -117,8 +168,8 @@ class Engine:
         return self._client
 
     @property
-    def api(self):
-        return self.client.api
+    def _api(self):
+        return self._docker().api
 
     def call(self, fn, *args, within=QUICK_TIMEOUT, **kwargs):
         """Run an API call that may wait ``within`` s for the engine (None: no limit).
@@ -126,7 +177,7 @@ class Engine:
         Connection failures and timeouts become EngineUnavailable, refusals
         EngineError (with the status code), so no docker-py traceback reaches a cell.
         """
-        current = _call_timeout(self.api)
+        current = _call_timeout(self._api)
         saved = current.seconds
         current.seconds = within
         try:
@@ -142,33 +193,26 @@ class Engine:
         finally:
             current.seconds = saved
 
-    def answers(self, within=PING_TIMEOUT):
-        """Whether the engine answers a ping within ``within`` s."""
-        try:
-            self.call(self.api.ping, within=within)
-            return True
-        except FiddleDockError:
-            return False
+    def ping(self, within=PING_TIMEOUT):
+        self.call(self._api.ping, within=within)
 
     def info(self):
         """The engine's `docker info` (asked once: runtimes and capacity do not change)."""
         if self._info is None:
-            self._info = self.call(self.api.info)
+            self._info = self.call(self._api.info)
         return self._info
 
     def runtimes(self):
-        """Names of the OCI runtimes the engine has registered."""
         return sorted((self.info().get("Runtimes") or {}).keys()) or ["runc"]
 
     def capacity(self):
-        """``(cpus, memory bytes)`` of the engine's machine; None where it does not say."""
         info = self.info()
         return info.get("NCPU") or None, info.get("MemTotal") or None
 
     # --- images -------------------------------------------------------------
     def image_exists(self, image):
         try:
-            self.call(self.api.inspect_image, image)
+            self.call(self._api.inspect_image, image)
             return True
         except EngineError as exc:
             if exc.status_code == 404:
@@ -179,28 +223,35 @@ class Engine:
                                     % (shown(image), why[:200])) from None
             raise
 
+    @property
+    def images(self):
+        return DockerImages(self._api)
+
     # --- containers -----------------------------------------------------------
     def inspect(self, name_or_id):
-        """The container's inspect data, or None if there is none."""
         try:
-            return self.call(self.api.inspect_container, name_or_id)
+            return container_of_inspect(self.call(self._api.inspect_container, name_or_id))
         except EngineError as exc:
             if exc.status_code == 404:
                 return None
             raise
 
-    def list(self, labels=None, all=True):
-        """Summaries of our containers, optionally narrowed by more labels."""
+    def list(self, labels=None):
         filters = ["%s=1" % LABEL]
         for key, value in (labels or {}).items():
             filters.append("%s=%s" % (key, value))
-        return self.call(self.api.containers, all=all, filters={"label": filters})
+        rows = self.call(self._api.containers, all=True, filters={"label": filters})
+        return [container_of_summary(row) for row in rows]
 
-    def create(self, name, config, host_config):
-        """Create a container; ``config`` and ``host_config`` are plain dicts."""
-        hc = self.api.create_host_config(**host_config)
+    def create(self, name, spec, command, labels, hostname):
+        config, host_config = spec.container_config(command, labels, hostname=hostname)
+        return self.create_container(name, config, host_config)
+
+    def create_container(self, name, config, host_config):
+        """Create a container from Docker's own ``config`` and ``host_config`` dicts; its id."""
+        hc = self._api.create_host_config(**host_config)
         try:
-            created = self.call(self.api.create_container, name=name,
+            created = self.call(self._api.create_container, name=name,
                                 host_config=hc, within=CHANGE_TIMEOUT, **config)
         except EngineError as exc:
             if exc.status_code == 404 and "image" in exc.explanation.lower():
@@ -211,63 +262,56 @@ class Engine:
 
     def start(self, container_id):
         try:
-            self.call(self.api.start, container_id, within=CHANGE_TIMEOUT)
+            self.call(self._api.start, container_id, within=CHANGE_TIMEOUT)
         except EngineError as exc:
             raise EngineError(exc.status_code, "the engine could not start the container: %s"
                               % exc.explanation) from None
 
     def kill(self, container_id):
-        """SIGKILL the container (it stays, stopped, for its state to be reported)."""
         try:
-            self.call(self.api.kill, container_id, within=CHANGE_TIMEOUT)
+            self.call(self._api.kill, container_id, within=CHANGE_TIMEOUT)
         except EngineError as exc:
             if exc.status_code not in (404, 409):  # gone, or not running
                 raise
 
     def remove(self, container_id):
         try:
-            self.call(self.api.remove_container, container_id, force=True, v=True,
+            self.call(self._api.remove_container, container_id, force=True, v=True,
                       within=CHANGE_TIMEOUT)
         except EngineError as exc:
             if exc.status_code not in (404, 409):  # gone, or removal already in progress
                 raise
 
     def rename(self, container_id, name):
-        self.call(self.api.rename, container_id, name)
+        self.call(self._api.rename, container_id, name)
 
     def stats(self, container_id):
-        """One stats sample (no streaming)."""
-        return self.call(self.api.stats, container_id, stream=False, within=STATS_TIMEOUT)
+        sample = self.call(self._api.stats, container_id, stream=False, within=STATS_TIMEOUT)
+        return Usage(memory_used(sample), cpu_percent(sample))
 
-    # --- exec (file transfers) -------------------------------------------------
+    # --- streams into a container (agent channels, file transfers) -------------
     def exec_socket(self, container_id, cmd, user=None, workdir=None):
-        """Run cmd in the container: ``(exec id, socket, keepalive)``.
-
-        The socket carries the command's stdin (shut its write side to close
-        it) and its stdout/stderr, multiplexed as for attach. Used for files:
-        the archive endpoints do not see an instance's tmpfs mounts and refuse
-        its read-only root.
-        """
+        # Files go this way too: the archive endpoints do not see an
+        # instance's tmpfs mounts and refuse its read-only root.
         try:
-            created = self.call(self.api.exec_create, container_id, cmd, stdin=True,
+            created = self.call(self._api.exec_create, container_id, cmd, stdin=True,
                                 stdout=True, stderr=True, tty=False, user=user or "",
                                 workdir=workdir, within=CHANGE_TIMEOUT)
         except EngineError as exc:
             raise EngineError(exc.status_code, "the engine cannot run a command in the "
                               "container: %s" % exc.explanation) from None
         exec_id = created["Id"]
-        path = "/v%s/exec/%s/start" % (self.api._version, exec_id)
+        path = "/v%s/exec/%s/start" % (self._api._version, exec_id)
         sock = self._raw_upgrade(path, b'{"Detach": false, "Tty": false}')
         if sock is not None:
             return exec_id, sock, None
-        raw = self.call(self.api.exec_start, exec_id, socket=True, within=None)
+        raw = self.call(self._api.exec_start, exec_id, socket=True, within=None)
         return exec_id, getattr(raw, "_sock", raw), raw
 
     def exec_exit_code(self, exec_id, wait=5.0):
-        """The exit code of a finished exec (None if it is still running after wait)."""
         deadline = time.monotonic() + wait
         while True:
-            info = self.call(self.api.exec_inspect, exec_id)
+            info = self.call(self._api.exec_inspect, exec_id)
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return info["ExitCode"]
             if time.monotonic() > deadline:
@@ -279,7 +323,7 @@ class Engine:
 
         None for transports other than unix or plain tcp (docker-py serves those).
         """
-        base = self.api.base_url
+        base = self._api.base_url
         try:
             if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -319,65 +363,22 @@ class Engine:
 
     # --- attach ---------------------------------------------------------------
     def attach(self, container_id):
-        """A raw socket attached to the container's stdin, stdout and stderr.
-
-        For unix and plain tcp engines the HTTP upgrade is done here, reading
-        the response header byte by byte, so no stream bytes can be left behind
-        in an HTTP library's buffer (another client's output may already be
-        flowing). Other transports go through docker-py.
-        """
+        # For unix and plain tcp engines the HTTP upgrade is done here, reading
+        # the response header byte by byte, so no stream bytes can be left behind
+        # in an HTTP library's buffer (another client's output may already be
+        # flowing). Other transports go through docker-py.
         path = "/v%s/containers/%s/attach?stream=1&stdin=1&stdout=1&stderr=1" % (
-            self.api._version, container_id)
+            self._api._version, container_id)
         sock = self._raw_upgrade(path, b"")
         if sock is not None:
             return sock, None
-        raw = self.call(self.api.attach_socket, container_id,
+        raw = self.call(self._api.attach_socket, container_id,
                         params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         return getattr(raw, "_sock", raw), raw
 
     def _unix_path(self):
-        adapter = self.api.get_adapter(self.api.base_url)
+        adapter = self._api.get_adapter(self._api.base_url)
         path = getattr(adapter, "socket_path", None)
         if not path:
             raise EngineUnavailable("cannot tell the engine's unix socket path")
         return path
-
-
-class StreamDemux:
-    """Docker's multiplexed stream (attach or exec without a TTY) taken apart.
-
-    Each chunk comes behind an 8-byte header: stream (1 stdout, 2 stderr)
-    and length.
-    """
-
-    HEADER = struct.Struct(">BxxxL")
-
-    def __init__(self):
-        self._buf = bytearray()
-
-    def feed(self, data):
-        """``[(stream, bytes), ...]`` for every whole chunk received so far."""
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        size_of_header = self.HEADER.size
-        while len(buf) - pos >= size_of_header:
-            stream, size = self.HEADER.unpack_from(buf, pos)
-            if len(buf) - pos - size_of_header < size:
-                break
-            out.append((stream, bytes(buf[pos + size_of_header:pos + size_of_header + size])))
-            pos += size_of_header + size
-        del buf[:pos]
-        return out
-
-
-def close_quietly(sock, keepalive=None):
-    """Close a raw socket and the docker-py response that may stand behind it."""
-    for thing in (sock, keepalive):
-        if thing is None:
-            continue
-        try:
-            thing.close()
-        except Exception:  # closing must never fail a cell
-            pass
