@@ -1,4 +1,5 @@
-"""The package's exceptions: one root, specific subclasses that carry data."""
+"""The package's exceptions (one root, specific subclasses that carry data), and
+the helpers that put errors and sizes into one-line messages."""
 
 import difflib
 
@@ -56,6 +57,38 @@ class InstanceNotFound(FiddleDockError):
 
 class InstanceConflict(FiddleDockError):
     """The request clashes with an existing instance (e.g. another image)."""
+
+
+def short_error(exc, limit=300):
+    """One line about an exception, for messages.
+
+    A FiddleDock error's own text (it is written for people); an engine's
+    refusal by its explanation (docker-py's ``explanation``), not the URL;
+    anything else with its type, which its text alone may not name
+    (``KeyError: 'x'``).
+    """
+    explanation = getattr(exc, "explanation", None)
+    if isinstance(exc, FiddleDockError):
+        text, prefix = str(exc), ""
+    elif isinstance(explanation, str) and explanation.strip():
+        text, prefix = explanation, ""
+    else:
+        text, prefix = str(exc), "%s: " % type(exc).__name__
+    lines = text.strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return (prefix + lines[0])[:limit]
+
+
+def format_size(n):
+    """Bytes for people: '512 bytes', '16.0 KiB', '1.5 GiB' (the inverse of
+    ``_spec.parse_size``)."""
+    if n < 1024:
+        return "%d bytes" % n
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024.0
+        if n < 1024 or unit == "GiB":
+            return "%.1f %s" % (n, unit)
 
 
 def plain_text(value, limit=200):

@@ -38,8 +38,8 @@ from fiddledock_agent import filehelper
 from ._agent_files import filehelper_source
 from ._archive import exists_error, extract, listed, shown
 from ._engine import StreamDemux, close_quietly
-from ._errors import InstanceNotFound, TransferError
-from ._spec import SANDBOX_HOME, SANDBOX_UID, check_name, format_size, parse_size
+from ._errors import InstanceNotFound, TransferError, format_size
+from ._spec import SANDBOX_HOME, SANDBOX_UID, check_name, parse_size
 
 IO_TIMEOUT = 120.0  # seconds a transfer may stall before it is given up
 CHUNK = 1 << 16

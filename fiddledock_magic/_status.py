@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 from typing import Optional
 
-from ._spec import format_size
+from ._errors import format_size
 
 
 @dataclasses.dataclass
