@@ -18,7 +18,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
-from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound
+from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound, short_error
 from ._spec import shown
 
 # How long each kind of call may wait for the engine, in seconds. A live engine
@@ -60,12 +60,6 @@ def _engine_error(exc, within=None):
     return EngineUnavailable(
         "cannot reach the Docker engine at %s (%s). Start it (scripts/ensure-engine.sh "
         "does, on Linux as root) or point DOCKER_HOST at one." % (where, short_error(exc)))
-
-
-def short_error(exc):
-    """The last line of an exception's text, for one-line messages."""
-    text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
 
 
 class _CallTimeout(threading.local):
