@@ -18,6 +18,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
+from ._docker_images import DockerImages
 from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound, short_error
 from ._spec import shown
 
@@ -160,6 +161,11 @@ class Engine:
         return info.get("NCPU") or None, info.get("MemTotal") or None
 
     # --- images -------------------------------------------------------------
+    @property
+    def images(self):
+        """Image I/O for building the default image (look up, pull, build, import)."""
+        return DockerImages(self.api)
+
     def image_exists(self, image):
         try:
             self.call(self.api.inspect_image, image)
