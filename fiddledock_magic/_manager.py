@@ -210,7 +210,7 @@ class InstanceManager:
         if image != _image.DEFAULT_IMAGE:
             raise ImageNotFound(image)
         progress("The default image %s is missing; building it once (a few minutes)..." % image)
-        _image.build_default_image(self.engine.client, image, progress=progress)
+        _image.build_default_image(self.engine.images, image, progress=progress)
 
     # --- managing ---------------------------------------------------------------
     def find(self, name):
