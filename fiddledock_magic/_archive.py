@@ -28,8 +28,7 @@ import tarfile
 import uuid
 from typing import List, Tuple
 
-from ._errors import TransferError, UnsafeArchive
-from ._spec import format_size
+from ._errors import TransferError, UnsafeArchive, format_size
 
 CHUNK = 1 << 16
 NAMES_SHOWN = 10  # names listed in a summary; the count is always complete

@@ -9,7 +9,8 @@ an agent has sent far more than a well-behaved one ever would
 """
 
 from fiddledock_agent.protocol import CELL_DISPLAY_BYTES, CELL_DISPLAYS, CELL_NOTICES
-from fiddledock_agent.supervisor import size_text
+
+from ._errors import format_size
 
 DEFAULT_OUTPUT_LIMIT = 4 * 1024 * 1024  # the agent's own, when the client sets none
 STREAM_SLACK = 1024 * 1024  # stream bytes past output_limit before the agent counts as hostile
@@ -88,10 +89,10 @@ class CellBudget:
         self.stream_bytes += len(event.data)
         if self.stream_bytes > self.output_limit + STREAM_SLACK:
             raise Flood("more than %s of output, the cell's limit being %s"
-                        % (size_text(self.stream_bytes), size_text(self.output_limit)))
+                        % (format_size(self.stream_bytes), format_size(self.output_limit)))
         if len(event.data) > room:
             self._tell("output", "output limit of %s reached: further output of this cell is "
-                                 "dropped (DockerRun.output_limit)" % size_text(self.output_limit))
+                                 "dropped (DockerRun.output_limit)" % format_size(self.output_limit))
             if room <= 0:
                 return None
             event.data = event.data[:room]
@@ -102,14 +103,14 @@ class CellBudget:
         self.rich_bytes += event.size
         # Metadata is counted here by an estimate: a quarter more leaves room for its error.
         if self.rich_events > CELL_DISPLAYS or self.rich_bytes > CELL_DISPLAY_BYTES * 5 // 4:
-            raise Flood("%d displays, %s of them" % (self.rich_events, size_text(self.rich_bytes)))
+            raise Flood("%d displays, %s of them" % (self.rich_events, format_size(self.rich_bytes)))
         if event.control.get("clear"):
             self.outputs = 0
             return event
         if self.rich_bytes > self.display_bytes:
             self._tell("bytes", "rich output truncated: this cell already showed %s of "
                                 "displays (DockerRun.display_bytes_limit); the rest is dropped"
-                       % size_text(self.display_bytes))
+                       % format_size(self.display_bytes))
             return None
         if event.is_new_output:
             if self.outputs >= self.display_limit:

@@ -225,6 +225,7 @@ class DockerBackend(Backend):
 
     @property
     def images(self):
+        """Image I/O for building the default image (look up, pull, build, import)."""
         return DockerImages(self._api)
 
     # --- containers -----------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The package's exceptions: one root, specific subclasses that carry data."""
+"""The package's exceptions (one root, specific subclasses that carry data), and
+the helpers that put errors and sizes into one-line messages."""
 
 import difflib
 
@@ -65,10 +66,37 @@ class PoolSizeInvalid(FiddleDockError):
         self.size = size
         super().__init__("the pool size must be 0 or more, not %d" % size)
 
-def short_error(exc):
-    """The last line of an exception's text, for one-line messages."""
-    text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
+def short_error(exc, limit=300):
+    """One line about an exception, for messages.
+
+    A FiddleDock error's own text (it is written for people); an engine's
+    refusal by its explanation (docker-py's ``explanation``), not the URL;
+    anything else with its type, which its text alone may not name
+    (``KeyError: 'x'``).
+    """
+    explanation = getattr(exc, "explanation", None)
+    if isinstance(exc, FiddleDockError):
+        text, prefix = str(exc), ""
+    elif isinstance(explanation, str) and explanation.strip():
+        text, prefix = explanation, ""
+    else:
+        text, prefix = str(exc), "%s: " % type(exc).__name__
+    lines = text.strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return (prefix + lines[0])[:limit]
+
+
+def format_size(n):
+    """Bytes for people: '512 bytes', '16.0 KiB', '1.5 GiB' (the inverse of
+    ``_spec.parse_size``)."""
+    if n < 1024:
+        return "%d bytes" % n
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024.0
+        if n < 1024 or unit == "GiB":
+            return "%.1f %s" % (n, unit)
+
 
 def plain_text(value, limit=200):
     """Text a container sent, safe to print: control characters out, length capped."""

@@ -38,9 +38,9 @@ from fiddledock_agent import filehelper
 
 from ._agent_files import filehelper_source
 from ._archive import exists_error, extract, listed, shown
-from ._errors import FiddleDockError, InstanceNotFound, TransferError
+from ._errors import FiddleDockError, InstanceNotFound, TransferError, format_size
 from ._protocol import StreamDemux, close_quietly
-from ._spec import SANDBOX_HOME, SANDBOX_UID, check_name, format_size, parse_size
+from ._spec import SANDBOX_HOME, SANDBOX_UID, check_name, parse_size
 
 IO_TIMEOUT = 120.0  # seconds a transfer may stall before it is given up
 GIVE_UP_GRACE = 5.0  # seconds a given-up helper has to end before its container is stopped

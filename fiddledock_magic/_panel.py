@@ -16,7 +16,8 @@ import html
 
 import ipywidgets as widgets
 
-from ._panel_model import FIELDS, model_for, short_error
+from ._errors import short_error
+from ._panel_model import FIELDS, model_for
 from ._status import format_cpu, format_duration, format_memory
 
 # name, image, status, uptime, memory, CPU, actions

@@ -27,7 +27,7 @@ import weakref
 
 from traitlets import Bool, Dict, Enum, Float, HasTraits, List, Unicode, link
 
-from ._errors import FiddleDockError
+from ._errors import short_error
 from ._spec import InstanceSpec, InvalidSetting, check_name, parse_size
 
 REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
@@ -45,15 +45,6 @@ def _with(mapping, key, value):
 
 def _without(mapping, key):
     return {k: v for k, v in mapping.items() if k != key}
-
-
-def short_error(exc):
-    """One line for the panel: the message of a FiddleDock error, else type and message."""
-    text = str(exc).strip()
-    first = text.splitlines()[0][:300] if text else ""
-    if isinstance(exc, FiddleDockError):
-        return first or type(exc).__name__
-    return "%s: %s" % (type(exc).__name__, first) if first else type(exc).__name__
 
 
 class PanelModel(HasTraits):

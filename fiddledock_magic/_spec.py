@@ -11,7 +11,7 @@ import json
 import re
 import uuid
 
-from ._errors import FiddleDockError
+from ._errors import FiddleDockError, format_size
 
 SANDBOX_UID = 1000
 SANDBOX_HOME = "/home/sandbox"
@@ -69,16 +69,6 @@ def parse_size(text, what):
         raise InvalidSetting("%s must be less than 8 EiB (what the engine can take), not %s"
                              % (what, shown(text)), what)
     return size
-
-
-def format_size(n):
-    """Bytes for people: '512 bytes', '16.0 KiB', '1.5 GiB' (the inverse of parse_size)."""
-    if n < 1024:
-        return "%d bytes" % n
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024.0
-        if n < 1024 or unit == "GiB":
-            return "%.1f %s" % (n, unit)
 
 
 def check_name(name):

@@ -17,7 +17,7 @@ import datetime
 import html
 from typing import Optional
 
-from ._spec import format_size
+from ._errors import format_size
 
 
 @dataclasses.dataclass

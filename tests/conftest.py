@@ -43,8 +43,10 @@ def docker_client():
 def default_image(docker_client):
     """The default sandbox image, built if missing."""
     from fiddledock_magic import _image
-    if not _image.image_exists(docker_client, _image.DEFAULT_IMAGE):
-        _image.build_default_image(docker_client, _image.DEFAULT_IMAGE, progress=print)
+    from fiddledock_magic._docker_images import DockerImages
+    images = DockerImages(docker_client.api)
+    if not images.exists(_image.DEFAULT_IMAGE):
+        _image.build_default_image(images, _image.DEFAULT_IMAGE, progress=print)
     return _image.DEFAULT_IMAGE
 
 

@@ -19,7 +19,7 @@ import uuid
 import docker
 import pytest
 
-from fiddledock_magic import _archive, _files, _spec
+from fiddledock_magic import _archive, _files
 from fiddledock_magic._agent_files import filehelper_source
 from fiddledock_magic._errors import TransferError, UnsafeArchive
 from fiddledock_magic._extension import manager_of
