@@ -248,16 +248,9 @@ class LineCommands:
             if not sep:
                 raise UsageError("--env takes KEY=VALUE, not %r" % item)
             env[key] = value
-        spec = InstanceSpec(
-            image=args.image or c.image,
-            memory=args.memory or c.memory,
-            cpus=c.cpus if args.cpus is None else args.cpus,
-            pids=c.pids if args.pids is None else args.pids,
-            disk=args.disk or c.disk,
-            network=args.network or c.network,
-            runtime=args.runtime or c.runtime,
-            env={**c.env, **env},
-        ).validate()
+        spec = InstanceSpec.from_config(
+            c, image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids,
+            disk=args.disk, network=args.network, runtime=args.runtime, env=env).validate()
         try:
             self.manager.create(args.name, spec, progress=print)
         except ImageNotFound as exc:
