@@ -80,10 +80,7 @@ class InstanceManager:
         }
 
     def default_spec(self, image=None):
-        c = self.config
-        return InstanceSpec(image=image or c.image, memory=c.memory, cpus=c.cpus,
-                            pids=c.pids, disk=c.disk, network=c.network,
-                            runtime=c.runtime, env=dict(c.env))
+        return InstanceSpec.from_config(self.config, image=image or None)
 
     def pool_key(self, spec):
         """What a pooled container must have been made with to serve ``spec``."""
