@@ -37,8 +37,9 @@ import threading
 import time
 
 from ._engine import short_error as _short
+from ._errors import ImageNotFound
 from ._instance import connection_alive
-from ._spec import POOL_PREFIX, pool_container_name
+from ._spec import POOL_PREFIX, InvalidSetting, pool_container_name
 
 REFILL_DELAY = 0.5   # after a take, let the first cell run before the engine gets busy
 ERROR_BACKOFF = 10.0  # after a failure (image missing, engine down), wait before retrying
@@ -100,7 +101,7 @@ class Pool:
         """Keep ``n`` containers ready; ``wait`` blocks until the pool has that many."""
         n = int(n)
         if n < 0:
-            raise ValueError("the pool size must be 0 or more")
+            raise InvalidSetting("the pool size must be 0 or more", "pool_size")
         with self._lock:
             if n != self.size:
                 self.errors.clear()  # a new request: old errors would only confuse
@@ -281,8 +282,8 @@ class Pool:
         spec.validate()
         self.manager.check_runtime(spec.runtime, engine)
         if not engine.image_exists(spec.image):
-            raise RuntimeError("image %r not found on the Docker engine; the pool cannot fill"
-                               % spec.image)
+            raise ImageNotFound(spec.image, "image %r not found on the Docker engine; the pool "
+                                "cannot fill" % spec.image)
         labels = self.manager.labels(None)
         labels[LABEL_POOL] = _creator()
         labels[LABEL_KEY] = key
