@@ -155,6 +155,41 @@ def stream_text(msgs, name="stdout"):
                    if m["msg_type"] == "stream" and m["content"]["name"] == name)
 
 
+def wait_for(condition, what, timeout=30):
+    """Poll condition() until it is true and return its value; fail naming ``what``
+    (e.g. "the idle instance to stop") if it is not true within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "waited %g s for %s" % (timeout, what)
+        time.sleep(0.05)
+
+
+def printed(msgs, text):
+    """A condition for wait_for: ``text`` is in the stdout of ``msgs``, the list a
+    running ``Kernel.execute(..., collect=msgs)`` appends to."""
+    return lambda: text in stream_text(list(msgs))
+
+
+def cell_printed(kernel, msg_id, text):
+    """A condition for wait_for: the cell ``msg_id``, sent without waiting
+    (``kernel.kc.execute``), has printed ``text`` on stdout. Reads the kernel's
+    iopub channel, so nothing else may read it meanwhile."""
+    seen = []
+
+    def condition():
+        try:
+            m = kernel.kc.get_iopub_msg(timeout=0.1)
+        except queue.Empty:
+            return False
+        if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
+            seen.append(m["content"]["text"])
+        return text in "".join(seen)
+    return condition
+
+
 def new_scope():
     """A scope (notebook) of its own, for kernels that must share or not share one."""
     return "pytest-life-%s" % uuid.uuid4().hex[:8]
@@ -208,7 +243,7 @@ def kernel(docker_client, default_image):
 from browser import chromium, lab_page, lab_server  # noqa: E402,F401
 
 
-# --- instance management (issue 3): a scope of one's own in the session shell ---------
+# --- instance management: a scope (notebook) of one's own in the session shell -------
 
 @pytest.fixture
 def own_scope(shell, docker_client):
