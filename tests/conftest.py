@@ -13,6 +13,11 @@ import uuid
 
 import docker
 import pytest
+from IPython.testing.globalipapp import start_ipython
+from jupyter_client.manager import start_new_kernel
+
+from fiddledock_magic._extension import manager_of
+from fiddledock_magic._spec import scope_id
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SESSION_SCOPE = "pytest-%s" % uuid.uuid4().hex[:8]
@@ -49,7 +54,6 @@ def default_image(docker_client):
 
 
 def _remove_scope(client, scope):
-    from fiddledock_magic._spec import scope_id
     for c in client.containers.list(all=True, filters={"label": "fiddledock.scope=%s" % scope_id(scope)}):
         try:
             c.remove(force=True)
@@ -60,7 +64,6 @@ def _remove_scope(client, scope):
 @pytest.fixture(scope="session")
 def shell(docker_client, default_image):
     """A real IPython InteractiveShell with the extension loaded (one per session)."""
-    from IPython.testing.globalipapp import start_ipython
     ip = start_ipython()
     ip.run_line_magic("load_ext", "fiddledock_magic")
     ip.run_line_magic("config", "DockerRun.scope = %r" % SESSION_SCOPE)
@@ -94,7 +97,6 @@ class Kernel:
     """A real ipykernel with the extension loaded, driven by jupyter_client."""
 
     def __init__(self, scope, env=None):
-        from jupyter_client.manager import start_new_kernel
         kenv = dict(os.environ)
         kenv.update(env or {})
         kenv["JPY_SESSION_NAME"] = scope
@@ -252,7 +254,6 @@ def own_scope(shell, docker_client):
     Restores the scope, the default instance and an empty pool afterwards, and
     removes every container of the test's scope.
     """
-    from fiddledock_magic._extension import manager_of
     manager = manager_of(shell)
     config = manager.config
     saved = (config.scope, config.default_instance, config.idle_timeout, config.image)
