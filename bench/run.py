@@ -4,9 +4,9 @@
     .venv/bin/python bench/run.py --quick    # fewer repetitions, for a smoke check
     .venv/bin/python bench/run.py --profile  # also profile the warm cell (pyinstrument)
 
-Every figure is taken next to its baseline in the same run, and the targets of
-the brief ("How fast") are judged on ratios: absolute times on a shared machine
-are noisy. Measurements of the product and of its baseline are interleaved in
+Every figure is taken next to its baseline in the same run, and the speed
+targets (the README's "How fast": warm cell, first cell, pool, streaming) are
+judged on ratios: absolute times on a shared machine are noisy. Measurements of the product and of its baseline are interleaved in
 rounds so that a burst of load elsewhere hits both.
 
 How the magic is measured (see bench/README.md for the reasoning): in process,
@@ -278,7 +278,7 @@ class Bench:
     def target(self, name, ratio, limit, kind, explain, unit="x", info=False):
         """kind 'max': ratio <= limit is met; 'min': ratio >= limit is met.
 
-        ``info``: not a target of the brief, shown for comparison only.
+        ``info``: not one of the speed targets, shown for comparison only.
         """
         met = None if ratio is None else (ratio <= limit if kind == "max" else ratio >= limit)
         self.targets.append({"target": name, "ratio": None if ratio is None else round(ratio, 4),

@@ -6,14 +6,17 @@ a bad subcommand or value is a short ``UsageError``.
 """
 
 import difflib
+import html
 import shlex
 import textwrap
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import publish_display_data
 
-from ._errors import ImageNotFound
+from . import _files
 from ._config import MAX_POOL_SIZE
+from ._errors import ImageNotFound, plain_text
 from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name, shown
 from ._status import html_table, text_table
 
@@ -159,8 +162,9 @@ def _synopsis(parser, command):
 
 
 class LineCommands:
-    def __init__(self, manager):
+    def __init__(self, manager, shell):
         self.manager = manager
+        self.shell = shell  # the IPython shell the extension is loaded in
         self.parser = build_parser()
 
     def run(self, line):
@@ -228,11 +232,8 @@ class LineCommands:
         text = text_table(rows) + "\n(* = the default instance)"
         if footer:
             text += "\n" + footer
-        shell = _shell()
-        if shell is not None and getattr(shell, "kernel", None) is not None:
+        if getattr(self.shell, "kernel", None) is not None:
             # a notebook: an HTML table, with the text as the plain fallback
-            from IPython.display import publish_display_data
-            import html
             extra = "<pre>%s</pre>" % html.escape(footer) if footer else ""
             publish_display_data({"text/html": html_table(rows) + extra, "text/plain": text})
         else:
@@ -247,16 +248,9 @@ class LineCommands:
             if not sep:
                 raise UsageError("--env takes KEY=VALUE, not %r" % item)
             env[key] = value
-        spec = InstanceSpec(
-            image=args.image or c.image,
-            memory=args.memory or c.memory,
-            cpus=c.cpus if args.cpus is None else args.cpus,
-            pids=c.pids if args.pids is None else args.pids,
-            disk=args.disk or c.disk,
-            network=args.network or c.network,
-            runtime=args.runtime or c.runtime,
-            env={**c.env, **env},
-        ).validate()
+        spec = InstanceSpec.from_config(
+            c, image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids,
+            disk=args.disk, network=args.network, runtime=args.runtime, env=env).validate()
         try:
             self.manager.create(args.name, spec, progress=print)
         except ImageNotFound as exc:
@@ -322,19 +316,18 @@ class LineCommands:
         print(pool.describe())
 
     def cmd_put(self, args):
-        from . import _files
         limit = _files.transfer_limit(self.manager.config)
         print(_files.put(self.manager, args.local, args.target, limit, force=args.force))
 
     def cmd_get(self, args):
-        from . import _files
         limit = _files.transfer_limit(self.manager.config)
         print(_files.get(self.manager, args.source, args.local, limit, force=args.force))
 
     def cmd_panel(self, args):
         # Returned, not displayed: the cell shows it, and `p = %dockerrun panel` keeps it.
+        # Imported here so that loading the extension does not import ipywidgets.
         from ._panel import panel_for
-        return panel_for(self.manager, _shell())
+        return panel_for(self.manager, self.shell)
 
 
 def _whose(cell, verb):
@@ -342,16 +335,8 @@ def _whose(cell, verb):
     (untrusted: anything but a dict says nothing)."""
     if not cell or not isinstance(cell, dict):
         return ""
-    from ._errors import plain_text
     seconds = cell.get("seconds")
     since = (" (running for %d s)" % seconds) if isinstance(seconds, (int, float)) else ""
     return "; %s the cell of %s%s" % (verb, plain_text(cell.get("owner")) or "another kernel",
                                        since)
 
-
-def _shell():
-    try:
-        from IPython import get_ipython
-        return get_ipython()
-    except Exception:
-        return None

@@ -46,7 +46,7 @@ class DockerRunMagics(Magics):
     def __init__(self, shell, manager):
         super().__init__(shell)
         self.manager = manager
-        self.commands = LineCommands(manager)
+        self.commands = LineCommands(manager, shell)
 
     @property
     def config_obj(self):

@@ -42,9 +42,7 @@ def agent_config(config):
 
 
 def default_spec(config, image=None):
-    return InstanceSpec(image=image or config.image, memory=config.memory, cpus=config.cpus,
-                        pids=config.pids, disk=config.disk, network=config.network,
-                        runtime=config.runtime, env=dict(config.env))
+    return InstanceSpec.from_config(config, image=image or None)
 
 
 def pool_key(config, spec):

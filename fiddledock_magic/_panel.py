@@ -354,13 +354,3 @@ def panel_for(manager, shell=None):
     model.poke(force=True)
     return panel
 
-
-def panel(shell=None):
-    """The instance panel of an IPython shell (default: the running one)."""
-    from IPython import get_ipython
-    from ._extension import manager_of
-    shell = shell or get_ipython()
-    manager = manager_of(shell) if shell is not None else None
-    if manager is None:
-        raise RuntimeError("load the extension first: %load_ext fiddledock_magic")
-    return panel_for(manager, shell)

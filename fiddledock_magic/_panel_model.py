@@ -257,34 +257,31 @@ class PanelModel(HasTraits):
             else:
                 if name in self.names():
                     errors["name"] = "an instance named %r exists already" % name
-        values = {"image": (image or "").strip() or c.image,
-                  "memory": (memory or "").strip() or c.memory,
-                  "disk": (disk or "").strip() or c.disk}
+        # A blank field is None: the config's value.
+        values = {"image": (image or "").strip() or None,
+                  "memory": (memory or "").strip() or None,
+                  "disk": (disk or "").strip() or None}
         cpus, pids = str(cpus or "").strip(), str(pids or "").strip()
         try:
-            values["cpus"] = float(cpus) if cpus else c.cpus
+            values["cpus"] = float(cpus) if cpus else None
         except ValueError:
             errors["cpus"] = "CPUs must be a number like 1 or 0.5, not %r" % cpus
         try:
-            values["pids"] = int(pids) if pids else c.pids
+            values["pids"] = int(pids) if pids else None
         except ValueError:
             errors["pids"] = "pids must be a whole number like 256, not %r" % pids
         for field in ("memory", "disk"):
             try:
-                parse_size(values[field], field)
+                parse_size(values[field] or getattr(c, field), field)
             except InvalidSetting as exc:
                 errors[field] = str(exc)
         if errors:
             return None, errors
-        spec = InstanceSpec(image=values["image"], memory=values["memory"], cpus=values["cpus"],
-                            pids=values["pids"], disk=values["disk"], network=c.network,
-                            runtime=c.runtime, env=dict(c.env))
         try:
-            spec.validate()
-        except InvalidSetting as exc:  # limits out of range: find the field it is about
-            text = str(exc)
-            field = next((f for f in FIELDS if text.lower().startswith(f)), "image")
-            errors[field] = text
+            spec = InstanceSpec.from_config(c, **values).validate()
+        except InvalidSetting as exc:  # limits out of range
+            # A setting the form has no field for (network, say) is shown at the image.
+            errors[exc.field if exc.field in FIELDS else "image"] = str(exc)
             return None, errors
         return spec, {}
 

@@ -11,8 +11,11 @@ only update its own outputs, never the notebook's or another instance's.
 """
 
 import codecs
+import getpass
 import sys
 import time
+
+from IPython.display import clear_output, publish_display_data
 
 from fiddledock_agent.protocol import METADATA_KEY
 
@@ -95,7 +98,6 @@ class CellRenderer(CellHandler):
         self.flush(final=True)
 
     def display(self, data, metadata):
-        from IPython.display import clear_output, publish_display_data
         self.flush()
         metadata = dict(metadata or {})
         control = metadata.pop(METADATA_KEY, None)
@@ -138,5 +140,4 @@ class CellRenderer(CellHandler):
 
 
 def getpass_prompt(prompt):
-    import getpass
     return getpass.getpass(prompt)

@@ -2,7 +2,8 @@
 
 ``InstanceSpec`` holds an instance's settings; ``validate`` rejects bad values
 with messages meant for a user; ``container_config`` makes the Docker create
-arguments: safe by default (see "Safe by default" in the brief).
+arguments: safe by default (no network, no capabilities for the cell's user,
+read-only root, every resource bounded; see "Container" in DEVELOPERS-NOTES.md).
 """
 
 import dataclasses
@@ -134,6 +135,17 @@ class InstanceSpec:
     network: str = "none"
     runtime: str = "runc"
     env: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config, **overrides):
+        """The settings of a new instance: the notebook's defaults (a DockerRun
+        ``config``), each replaced by an override that is not None; ``env``
+        overrides are added to the config's variables."""
+        values = {field.name: getattr(config, field.name) for field in dataclasses.fields(cls)}
+        values["env"] = dict(config.env)
+        values["env"].update(overrides.pop("env", None) or {})
+        values.update((key, value) for key, value in overrides.items() if value is not None)
+        return cls(**values)
 
     def validate(self):
         """Check every setting against bounds that hold on any engine; self, or InvalidSetting."""

@@ -13,6 +13,11 @@ import uuid
 
 import docker
 import pytest
+from IPython.testing.globalipapp import start_ipython
+from jupyter_client.manager import start_new_kernel
+
+from fiddledock_magic._extension import manager_of
+from fiddledock_magic._spec import scope_id
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SESSION_SCOPE = "pytest-%s" % uuid.uuid4().hex[:8]
@@ -51,7 +56,6 @@ def default_image(docker_client):
 
 
 def _remove_scope(client, scope):
-    from fiddledock_magic._spec import scope_id
     for c in client.containers.list(all=True, filters={"label": "fiddledock.scope=%s" % scope_id(scope)}):
         try:
             c.remove(force=True)
@@ -62,7 +66,6 @@ def _remove_scope(client, scope):
 @pytest.fixture(scope="session")
 def shell(docker_client, default_image):
     """A real IPython InteractiveShell with the extension loaded (one per session)."""
-    from IPython.testing.globalipapp import start_ipython
     ip = start_ipython()
     ip.run_line_magic("load_ext", "fiddledock_magic")
     ip.run_line_magic("config", "DockerRun.scope = %r" % SESSION_SCOPE)
@@ -96,7 +99,6 @@ class Kernel:
     """A real ipykernel with the extension loaded, driven by jupyter_client."""
 
     def __init__(self, scope, env=None):
-        from jupyter_client.manager import start_new_kernel
         kenv = dict(os.environ)
         kenv.update(env or {})
         kenv["JPY_SESSION_NAME"] = scope
@@ -157,6 +159,41 @@ def stream_text(msgs, name="stdout"):
                    if m["msg_type"] == "stream" and m["content"]["name"] == name)
 
 
+def wait_for(condition, what, timeout=30):
+    """Poll condition() until it is true and return its value; fail naming ``what``
+    (e.g. "the idle instance to stop") if it is not true within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "waited %g s for %s" % (timeout, what)
+        time.sleep(0.05)
+
+
+def printed(msgs, text):
+    """A condition for wait_for: ``text`` is in the stdout of ``msgs``, the list a
+    running ``Kernel.execute(..., collect=msgs)`` appends to."""
+    return lambda: text in stream_text(list(msgs))
+
+
+def cell_printed(kernel, msg_id, text):
+    """A condition for wait_for: the cell ``msg_id``, sent without waiting
+    (``kernel.kc.execute``), has printed ``text`` on stdout. Reads the kernel's
+    iopub channel, so nothing else may read it meanwhile."""
+    seen = []
+
+    def condition():
+        try:
+            m = kernel.kc.get_iopub_msg(timeout=0.1)
+        except queue.Empty:
+            return False
+        if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
+            seen.append(m["content"]["text"])
+        return text in "".join(seen)
+    return condition
+
+
 def new_scope():
     """A scope (notebook) of its own, for kernels that must share or not share one."""
     return "pytest-life-%s" % uuid.uuid4().hex[:8]
@@ -210,7 +247,7 @@ def kernel(docker_client, default_image):
 from browser import chromium, lab_page, lab_server  # noqa: E402,F401
 
 
-# --- instance management (issue 3): a scope of one's own in the session shell ---------
+# --- instance management: a scope (notebook) of one's own in the session shell -------
 
 @pytest.fixture
 def own_scope(shell, docker_client):
@@ -219,7 +256,6 @@ def own_scope(shell, docker_client):
     Restores the scope, the default instance and an empty pool afterwards, and
     removes every container of the test's scope.
     """
-    from fiddledock_magic._extension import manager_of
     manager = manager_of(shell)
     config = manager.config
     saved = (config.scope, config.default_instance, config.idle_timeout, config.image)

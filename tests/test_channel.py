@@ -17,18 +17,10 @@ import time
 
 import pytest
 
-from conftest import new_scope, ok, one_line_error, stream_text
+from conftest import new_scope, ok, one_line_error, printed, stream_text, wait_for
 from fiddledock_magic._agent_files import relay_source
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._instance import AGENT_USER
-
-
-def wait_for_output(kernel_msgs, text, timeout=60):
-    """Block until text appears in the stdout collected so far in kernel_msgs (a list)."""
-    deadline = time.monotonic() + timeout
-    while text not in stream_text(kernel_msgs):
-        assert time.monotonic() < deadline, "no %r in %r" % (text, stream_text(kernel_msgs))
-        time.sleep(0.05)
 
 
 def execute_in_background(kernel, code, timeout=120):
@@ -162,7 +154,7 @@ def test_a_dead_kernels_cell_is_interrupted_and_the_instance_freed(kernels):
     thread, _, live = execute_in_background(
         a, "%%dockerrun held --timeout 0\nimport time\nprint('looping', flush=True)\n"
            "while True:\n    time.sleep(1)")
-    wait_for_output(live, "looping")
+    wait_for(printed(live, "looping"), "the cell to print 'looping'", 60)
     os.kill(a.pid, signal.SIGKILL)
     started = time.monotonic()
     reply, msgs = b.execute("%%dockerrun held\nprint(kept)", timeout=60)
@@ -177,7 +169,7 @@ def test_another_kernel_may_interrupt_a_cell_and_is_told_whose(kernels):
     ok(a.execute("%%dockerrun shared\nkept = 1")[0])
     thread, result, live = execute_in_background(
         a, "%%dockerrun shared\nimport time\nprint('started', flush=True)\ntime.sleep(60)")
-    wait_for_output(live, "started")
+    wait_for(printed(live, "started"), "the cell to print 'started'", 60)
     reply, msgs = b.execute("%dockerrun interrupt shared")
     ok(reply)
     said = stream_text(msgs)
@@ -199,7 +191,7 @@ def test_another_kernel_may_reset_a_running_cell_and_is_told_whose(kernels):
     thread, result, live = execute_in_background(
         a, "%%dockerrun shared\nimport time\nx = 1\nprint('started', flush=True)\n"
            "time.sleep(60)")
-    wait_for_output(live, "started")
+    wait_for(printed(live, "started"), "the cell to print 'started'", 60)
     reply, msgs = b.execute("%dockerrun reset shared")
     ok(reply)
     assert re.match(r"reset instance 'shared' \(fresh namespace\); ended the cell of the kernel "

@@ -15,6 +15,7 @@ import tracemalloc
 
 import pytest
 
+from conftest import cell_printed, wait_for
 from fiddledock_magic import CellError, CellKilled, CellTimeout, InstanceLost
 from fiddledock_magic._render import FLUSH_INTERVAL
 from fiddledock_magic._spec import container_name
@@ -311,20 +312,6 @@ def start(kernel, code):
     return kernel.kc.execute(code)
 
 
-def wait_for(kernel, msg_id, text, timeout=30):
-    """Collect iopub messages of msg_id until text appears on stdout."""
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while text not in seen:
-        assert time.monotonic() < deadline, "never saw %r (got %r)" % (text, seen)
-        try:
-            m = kernel.kc.get_iopub_msg(timeout=0.1)
-        except Exception:
-            continue
-        if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
-            seen += m["content"]["text"]
-
-
 def finish(kernel, msg_id, timeout=30):
     """(reply content, iopub messages, time of the reply) for msg_id."""
     msgs, reply, idle = [], None, False
@@ -363,7 +350,7 @@ def test_interrupt_button_raises_keyboardinterrupt_in_the_container(kernel, uniq
     assert reply["status"] == "ok"
     msg_id = start(kernel, "%%%%dockerrun %s\nimport time\nprint('running', flush=True)\n"
                            "while True:\n    time.sleep(0.01)" % name)
-    wait_for(kernel, msg_id, "running")
+    wait_for(cell_printed(kernel, msg_id, "running"), "the cell to print 'running'")
     pressed = time.monotonic()
     kernel.km.interrupt_kernel()
     reply, msgs, ended = finish(kernel, msg_id)
@@ -385,7 +372,7 @@ def test_interrupt_button_escalates_when_the_code_ignores_it(kernel, unique_name
     msg_id = start(kernel, "%%%%dockerrun %s\nimport signal\n"
                            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                            "print('deaf', flush=True)\nwhile True:\n    pass" % name)
-    wait_for(kernel, msg_id, "deaf")
+    wait_for(cell_printed(kernel, msg_id, "deaf"), "the cell to print 'deaf'")
     pressed = time.monotonic()
     kernel.km.interrupt_kernel()
     reply, msgs, ended = finish(kernel, msg_id)
@@ -405,7 +392,7 @@ def test_second_interrupt_press_kills_at_once(kernel, unique_name):
     msg_id = start(kernel, "%%%%dockerrun %s\nprint('stubborn', flush=True)\nwhile True:\n"
                            "    try:\n        while True:\n            pass\n"
                            "    except KeyboardInterrupt:\n        print('no', flush=True)" % name)
-    wait_for(kernel, msg_id, "stubborn")
+    wait_for(cell_printed(kernel, msg_id, "stubborn"), "the cell to print 'stubborn'")
     kernel.km.interrupt_kernel()
     time.sleep(0.5)
     pressed = time.monotonic()
@@ -424,7 +411,7 @@ def test_interrupt_during_an_output_flood_keeps_the_channel_intact(kernel, uniqu
     for _ in range(3):
         msg_id = start(kernel, "%%%%dockerrun %s\nprint('go', flush=True)\ni = 0\nwhile True:\n"
                                "    print('flood', i)\n    i += 1" % name)
-        wait_for(kernel, msg_id, "go")
+        wait_for(cell_printed(kernel, msg_id, "go"), "the cell to print 'go'")
         time.sleep(0.3)
         kernel.km.interrupt_kernel()
         reply, _, _ = finish(kernel, msg_id)
@@ -553,16 +540,15 @@ def test_five_hostile_instances_leave_a_sixth_responsive(shell, run, create, uni
     hostile = ("import os\nfor _ in range(2):\n    if os.fork() == 0:\n        while True:\n"
                "            pass\nhog = bytearray(40 << 20)\nprint('hostile', flush=True)\n"
                "while True:\n    pass")
-    results = {}
+    handlers, results = {name: Collect() for name in names}, {}
 
     def attack(name):
-        handler = Collect()
-        done = manager.get(name).execute(hostile, handler, timeout=6, interrupt_grace=1)
-        results[name] = (done, handler)
+        results[name] = manager.get(name).execute(hostile, handlers[name], timeout=6,
+                                                  interrupt_grace=1)
     threads = [threading.Thread(target=attack, args=(n,)) for n in names]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # let them get going
+    wait_for(lambda: all(h.out for h in handlers.values()), "the five hostile cells to start")
     rounds = []
     while any(t.is_alive() for t in threads) and len(rounds) < 40:
         start = time.monotonic()
@@ -575,7 +561,7 @@ def test_five_hostile_instances_leave_a_sixth_responsive(shell, run, create, uni
     assert len(rounds) >= 10
     assert max(rounds) < 1.0, "slowest round trip %.2f s" % max(rounds)
     for name in names:
-        done, handler = results[name]
+        done, handler = results[name], handlers[name]
         assert bytes(handler.out) == b"hostile\n"
         assert done["status"] == "timeout", done
         assert run("print('ok', len(hog))", name)[1] == "ok 41943040\n"  # namespace kept

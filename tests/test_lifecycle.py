@@ -6,11 +6,11 @@ import socket
 import statistics
 import threading
 import time
-import uuid
 
 import pytest
 
-from conftest import _remove_scope, new_scope, ok, one_line_error, stream_text
+from conftest import (_remove_scope, new_scope, ok, one_line_error, printed, stream_text,
+                      wait_for)
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._spec import POOL_PREFIX, container_name, scope_id
 
@@ -29,13 +29,6 @@ def restart(kernel):
     kernel.km.restart_kernel(now=False)
     kernel.kc.wait_for_ready(timeout=60)
     ok(kernel.execute("%load_ext fiddledock_magic")[0])
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.2)
 
 
 # --- restart-proof, scoped ---------------------------------------------------------------
@@ -74,7 +67,7 @@ def test_idle_instance_stops_itself_then_restarts_saying_state_is_lost(own_scope
     started = time.monotonic()
     cname = container_name("sleepy", own_scope)
     wait_for(lambda: not docker_client.api.inspect_container(cname)["State"]["Running"],
-             12, "the idle instance to stop")
+             "the idle instance to stop", 12)
     assert time.monotonic() - started >= 2.5
     assert docker_client.api.inspect_container(cname)["State"]["ExitCode"] == 0
     assert " stopped " in next(r for r in line_magic("list").splitlines() if r.startswith("sleepy"))
@@ -95,8 +88,8 @@ def test_a_killed_kernel_leaks_nothing_for_long(kernels, docker_client):
     process = a.km.provisioner.process
     process.kill()  # kill -9: no atexit, nobody says goodbye
     process.wait(10)
-    wait_for(lambda: not containers_of(docker_client, scope, all=False), 15,
-             "the instance and the pool container to stop themselves")
+    wait_for(lambda: not containers_of(docker_client, scope, all=False),
+             "the instance and the pool container to stop themselves", 15)
     b = kernels(scope)
     reply, msgs = b.execute("%dockerrun cleanup")
     ok(reply)
@@ -109,12 +102,12 @@ def test_a_busy_instance_refuses_another_kernels_cell(kernels):
     scope = new_scope()
     a, b = kernels(scope), kernels(scope)
     ok(a.execute("%%dockerrun shared\nx = 'from a'")[0])
-    result = {}
+    result, live = {}, []
     long_cell = ("%%dockerrun shared\nimport time\nprint('a start', flush=True)\n"
                  "time.sleep(6)\nprint('a end')")
-    runner = threading.Thread(target=lambda: result.update(a=a.execute(long_cell)))
+    runner = threading.Thread(target=lambda: result.update(a=a.execute(long_cell, collect=live)))
     runner.start()
-    time.sleep(2)
+    wait_for(printed(live, "a start"), "a's cell to start", 60)
     reply, msgs = b.execute("%%dockerrun shared\nprint('b ran')")
     message = one_line_error(reply, "InstanceBusy")
     assert re.search(r"instance 'shared' is busy: the kernel with pid %d on \S+ \(user \S+\) "
@@ -235,7 +228,7 @@ def test_pool_follows_new_default_settings(own_scope, shell, line_magic, docker_
     shell.run_line_magic("config", "DockerRun.memory = '256m'")
     try:
         wait_for(lambda: pool.wait(1) and {c.id for c in pool_containers(docker_client, own_scope)}
-                 .isdisjoint(first), 60, "the pool to replace its container")
+                 .isdisjoint(first), "the pool to replace its container", 60)
         (c,) = pool_containers(docker_client, own_scope)
         assert c.attrs["HostConfig"]["Memory"] == 256 << 20
     finally:
@@ -260,11 +253,11 @@ def test_pool_errors_are_kept_and_shown_never_printed_into_cells(kernels, docker
 def test_pool_is_removed_when_the_kernel_exits(kernels, docker_client):
     k = kernels()
     ok(k.execute("%dockerrun pool 1")[0])
-    wait_for(lambda: pool_containers(docker_client, k.scope), 60, "a pool container")
+    wait_for(lambda: pool_containers(docker_client, k.scope), "a pool container", 60)
     k.kc.stop_channels()
     k.km.shutdown_kernel(now=False)
-    wait_for(lambda: not pool_containers(docker_client, k.scope), 20,
-             "the exiting kernel to remove its pool")
+    wait_for(lambda: not pool_containers(docker_client, k.scope),
+             "the exiting kernel to remove its pool", 20)
 
 
 # --- engine failures -------------------------------------------------------------------------
@@ -292,12 +285,15 @@ def test_engine_restart_losing_all_containers(own_scope, run, docker_client):
 def test_container_removed_while_a_cell_runs(kernels, docker_client):
     k = kernels()
     ok(k.execute("%%dockerrun doomed\npass")[0])
-    cname = container_name("doomed", k.scope)
-    killer = threading.Timer(1.5, lambda: docker_client.api.remove_container(cname, force=True))
-    killer.start()
-    reply, msgs = k.execute("%%dockerrun doomed\nimport time\nprint('working', flush=True)\n"
-                            "time.sleep(30)")
-    killer.join()
+    result, live = {}, []
+    runner = threading.Thread(target=lambda: result.update(done=k.execute(
+        "%%dockerrun doomed\nimport time\nprint('working', flush=True)\ntime.sleep(30)",
+        collect=live)))
+    runner.start()
+    wait_for(printed(live, "working"), "the cell to start", 60)
+    docker_client.api.remove_container(container_name("doomed", k.scope), force=True)
+    runner.join(60)
+    reply, msgs = result["done"]
     message = one_line_error(reply, "InstanceLost")
     assert message.startswith("instance 'doomed': ")
     assert stream_text(msgs) == "working\n"

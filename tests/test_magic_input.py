@@ -11,6 +11,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from fiddledock_magic import FiddleDockError, InstanceNotFound
+from fiddledock_magic._config import DockerRun
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._spec import InstanceSpec, InvalidSetting, scope_id
 
@@ -147,6 +148,21 @@ def test_invalid_setting_carries_its_field():
         InstanceSpec(image="x", cpus=4).check_capacity(2, 8 * GiB)
     assert (info.value.field, str(info.value)) == (
         "cpus", "cpus must be at most 2 (the engine's CPU count), not 4")
+
+
+def test_a_spec_from_the_config_takes_each_setting_not_given():
+    config = DockerRun(image="img:1", memory="1g", cpus=0.5, pids=64, disk="32m",
+                       env={"A": "1", "B": "2"})
+    spec = InstanceSpec.from_config(config)
+    assert spec == InstanceSpec(image="img:1", memory="1g", cpus=0.5, pids=64, disk="32m",
+                                network="none", runtime="runc", env={"A": "1", "B": "2"})
+    spec = InstanceSpec.from_config(config, image=None, memory="2g", cpus=None, pids=128,
+                                    env={"B": "3", "C": "4"})
+    assert (spec.image, spec.memory, spec.cpus, spec.pids, spec.disk, spec.env) == (
+        "img:1", "2g", 0.5, 128, "32m", {"A": "1", "B": "3", "C": "4"})
+    assert config.env == {"A": "1", "B": "2"}  # the notebook's settings are not changed
+    spec.env["D"] = "5"
+    assert config.env == {"A": "1", "B": "2"}
 
 
 # --- fuzz: generated lines for both magics ----------------------------------------------

@@ -5,6 +5,7 @@ the kernel); what a user would read is the widgets' values. The browser test
 (test_browser_panel.py) shows the same panel in JupyterLab.
 """
 
+import html
 import re
 import time
 
@@ -12,6 +13,8 @@ import docker
 import docker.errors
 import pytest
 from IPython.core.error import UsageError
+
+from conftest import wait_for
 
 from fiddledock_magic._docker_backend import DockerBackend
 from fiddledock_magic._extension import manager_of
@@ -38,7 +41,6 @@ def panel(shell, own_scope):
 
 def text(html_widget):
     """What a user reads in an HTML widget: tags dropped, entities decoded."""
-    import html
     return html.unescape(re.sub(r"<[^>]+>", "", html_widget.value))
 
 
@@ -55,15 +57,6 @@ def container(client, name, scope):
         return client.api.inspect_container(container_name(name, scope))
     except docker.errors.NotFound:
         return None
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 # --- the line magic ------------------------------------------------------------------
@@ -111,17 +104,18 @@ def test_live_refresh_while_a_view_is_on_screen(shell, panel, unique_name, docke
     try:
         # The periodic refresh: an instance made and removed without any cell.
         shell.run_line_magic("dockerrun", "create %s" % unique_name)
-        assert wait_for(lambda: unique_name in shown_names(panel), timeout=15)
+        wait_for(lambda: unique_name in shown_names(panel), "the new instance's row", 15)
         docker_client.api.remove_container(
             container(docker_client, unique_name, own_scope)["Id"], force=True)
-        assert wait_for(lambda: unique_name not in shown_names(panel), timeout=15)
+        wait_for(lambda: unique_name not in shown_names(panel), "the removed instance's row "
+                 "to go", 15)
 
         # The hook after each cell: with a long interval only it can show the row soon.
         model.interval = 60.0
         seen = model.refreshed_at
-        assert wait_for(lambda: model.refreshed_at != seen, timeout=15)  # now sleeping 60 s
+        wait_for(lambda: model.refreshed_at != seen, "a refresh", 15)  # now sleeping 60 s
         shell.run_cell("%%%%dockerrun %s\nprint('hi')" % unique_name)
-        assert wait_for(lambda: unique_name in shown_names(panel), timeout=15)
+        wait_for(lambda: unique_name in shown_names(panel), "the row of the cell's instance", 15)
     finally:
         model.interval = 3.0
         panel._view_count = 0
