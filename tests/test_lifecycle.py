@@ -3,7 +3,6 @@ a remote engine and engine failures."""
 
 import re
 import socket
-import statistics
 import threading
 import time
 
@@ -179,35 +178,21 @@ def pool_containers(client, scope):
     return [c for c in containers_of(client, scope) if c.name.startswith(POOL_PREFIX)]
 
 
-def docker_run_rm_seconds(client, image):
-    start = time.monotonic()
-    client.containers.run(image, ["python3", "-c", "pass"], remove=True, network_mode="none")
-    return time.monotonic() - start
-
-
 def test_pool_hands_out_ready_instances_and_refills(own_scope, shell, run, line_magic,
-                                                    docker_client, default_image, capsys):
+                                                    docker_client):
     pool = manager_of(shell).pool
     assert line_magic("pool 3").startswith("pool: 0 ready of 3")
     assert pool.wait(90), pool.describe()
     ready = {c.id for c in pool_containers(docker_client, own_scope)}
     assert len(ready) == 3
     assert "pool: 3 ready of 3" in line_magic("list")  # shown, but not as instances
-    baseline = statistics.median(docker_run_rm_seconds(docker_client, default_image)
-                                 for _ in range(3))
-    first_cells = []
+    # How fast a pooled first cell is, is the bench's figure (bench/run.py); here, that it
+    # is one: the cell ran in a container that was already up and booted.
     for name in ("fast0", "fast1", "fast2"):
-        start = time.monotonic()
         _, out, err = run("print('from the pool')", name)
-        first_cells.append(time.monotonic() - start)
         assert out == "from the pool\n" and err == ""
         taken = docker_client.api.inspect_container(container_name(name, own_scope))
         assert taken["Id"] in ready  # a pooled container, renamed to the instance's name
-    first_cell = statistics.median(first_cells)
-    with capsys.disabled():
-        print("\npooled first cell %.3f s (median of 3), docker run --rm %.3f s: %.2fx"
-              % (first_cell, baseline, first_cell / baseline))
-    assert first_cell <= 0.2 * baseline
     # Other settings than the pool's: not from the pool.
     line_magic("create big --memory 300m")
     assert docker_client.api.inspect_container(container_name("big", own_scope))["Id"] not in ready
