@@ -8,5 +8,6 @@ for ``IPython.display``; ``mpl`` shows matplotlib figures; ``seccomp``
 refuses io_uring to the cell; ``limits`` explains full writable folders.
 """
 
-MODULES = ("protocol", "display", "hooks", "shim", "mpl", "seccomp", "limits", "worker",
-           "supervisor")
+MODULES = ("protocol", "probes", "notices", "display", "hooks", "shim", "mpl", "seccomp",
+           "limits", "streams", "tracebacks", "interrupts", "worker", "processes", "output",
+           "clients", "supervisor")
