@@ -9,7 +9,7 @@ an agent has sent far more than a well-behaved one ever would
 """
 
 from fiddledock_agent.protocol import CELL_DISPLAY_BYTES, CELL_DISPLAYS, CELL_NOTICES
-from fiddledock_agent.supervisor import size_text
+from fiddledock_agent.notices import size_text
 
 DEFAULT_OUTPUT_LIMIT = 4 * 1024 * 1024  # the agent's own, when the client sets none
 STREAM_SLACK = 1024 * 1024  # stream bytes past output_limit before the agent counts as hostile
