@@ -12,6 +12,8 @@ import functools
 import socket
 import threading
 
+from fiddledock_agent import protocol as messages
+
 from . import _image
 from ._agent_files import bootstrap_source
 from ._engine import LABEL, Engine
@@ -316,7 +318,7 @@ class InstanceManager:
         inst.ended_by = done
         reason = "instance %r was %s by %s" % (inst.name, done, client_description())
         try:
-            reply = inst.control({"type": "reset", "force": True, "reason": reason})
+            reply = inst.control(messages.reset(force=True, reason=reason))
         except BaseException:
             inst.ended_by = None  # nothing was ended
             raise
@@ -333,7 +335,7 @@ class InstanceManager:
         info = self.find(name)
         if not info["State"].get("Running"):
             return None
-        answer = Instance(self, name, info).control({"type": "interrupt", "force": True})
+        answer = Instance(self, name, info).control(messages.interrupt(force=True))
         return answer if answer.get("owner") else None
 
     @_serialized
