@@ -18,7 +18,7 @@ from fiddledock_agent import notices
 from fiddledock_agent import probes
 from fiddledock_agent import protocol
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 256 * 1024  # one read of a client's requests
 MAX_CLIENTS = 64  # connected at once; more are turned away
 CLIENT_QUEUE_MAX = 4 * 1024 * 1024  # events a client that runs no cell may leave unread
 

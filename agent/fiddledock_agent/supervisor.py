@@ -1,7 +1,7 @@
 """The supervisor: the agent's long-lived process in the container.
 
 It owns the clients' channels (``clients``), the worker process that runs
-cells (``processes``), and everything that has to happen even when the
+cells (``workers``), and everything that has to happen even when the
 cell's code misbehaves: time limits, interrupts escalating to a kill, the
 cell's output (capped, coalesced, back-pressured: ``output``), reporting why
 a worker died (``notices``), and stopping the container after
@@ -46,11 +46,12 @@ from fiddledock_agent import limits
 from fiddledock_agent import notices
 from fiddledock_agent import output
 from fiddledock_agent import probes
-from fiddledock_agent import processes
 from fiddledock_agent import protocol
 from fiddledock_agent import seccomp
+from fiddledock_agent import workers
+from fiddledock_agent.cell import OTHERS_KILLED, RUNNING, SIGINT_SENT, Cell
 
-READ_SIZE = clients_mod.READ_SIZE
+READ_SIZE = workers.READ_SIZE
 MAX_WAIT = 86400.0  # the longest single select() wait
 SANDBOX_UID = 1000  # who cells run as when the agent runs as root
 DEFAULTS = {
@@ -62,46 +63,6 @@ DEFAULTS = {
     "gid": SANDBOX_UID,
 }
 
-# Cell.stage: the escalation step a cell has reached (see the module docstring).
-RUNNING = "running"  # not interrupted
-SIGINT_SENT = "sigint sent"
-OTHERS_KILLED = "others killed"
-
-
-def _number(value, default=0.0):
-    """A finite number from a request field, else default (requests are checked, never trusted)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    if value != value or value in (float("inf"), float("-inf")):
-        return default
-    return value
-
-
-class Cell:
-    """The cell being run: who asked, its limits and what it has sent."""
-
-    def __init__(self, header, now, output_limit, client):
-        self.id = header.get("id")
-        self.client = client  # a Client; None once it is gone
-        self.started = now
-        timeout = max(0.0, float(_number(header.get("timeout"))))
-        self.deadline = now + timeout if timeout > 0 else None
-        self.timeout = timeout
-        self.output_limit = int(max(0, _number(header.get("output_limit")))) or output_limit
-        self.owner = client.who
-        grace = _number(header.get("interrupt_grace"), None)
-        self.grace = None if grace is None else max(0.0, grace)
-        self.sent = 0
-        self.dropped = 0
-        self.limit_told = False
-        self.stage = RUNNING
-        self.kill_at = None  # when the current escalation step runs out
-        self.why_interrupted = None  # "timeout", "interrupt" or "client_gone"
-        self.children_killed = 0
-        self.oom_before = probes.oom_kill_count()
-        self.pids_before = probes.pids_max_count()
-
-
 class Supervisor:
     def __init__(self, config, listener, first_client, take_client):
         self.config = dict(DEFAULTS)
@@ -112,13 +73,12 @@ class Supervisor:
         self.tmpfs = ["/tmp"] + ([home] if home else [])
         # Who the worker becomes: the sandbox user when we are root (we stay
         # out of the cell's reach), else ourselves (a local run).
-        self.identity = None
+        identity = None
         if os.getuid() == 0:
-            self.identity = (int(self.config["uid"]), int(self.config["gid"]))
-        self.home = home
+            identity = (int(self.config["uid"]), int(self.config["gid"]))
         # Sweeping every other process is only sane as a container's main
         # process (PID 1, or docker-init's child); never on a shared machine.
-        self.contained = os.getpid() == 1 or os.getppid() == 1
+        contained = os.getpid() == 1 or os.getppid() == 1
         self.selector = selectors.DefaultSelector()
         self.clients = clients_mod.Clients(self.selector, listener, take_client,
                                            self._on_frames, self._on_drop, self._on_written)
@@ -132,17 +92,17 @@ class Supervisor:
         # `docker stop`: end cleanly (as PID 1, without an init, SIGTERM would be ignored).
         signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "running", False))
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.workers = workers.WorkerSlot(self.selector, identity, home, contained,
+                                          self._on_worker_sock, self._on_output)
         self.output = output.CellOutput(
             lambda client, header, payload: self.clients.send(client, header, payload,
                                                               bounded=False),
-            self._watch_worker)
+            self.workers.watch)
         self.deferred = None  # (client, header, payload): waits for a gone client's cell
         self.notice = None  # told to the next client that asks
-        self.worker = None
-        self.worker_reading = False
         self.last_activity = time.monotonic()
         self.running = True
-        self._spawn_worker()
+        self.workers.spawn()
         self.clients.add(*first_client)
 
     @property
@@ -154,97 +114,13 @@ class Supervisor:
     def cell(self, cell):
         self.output.cell = cell
 
-    # --- worker lifecycle ---------------------------------------------------
-    def _spawn_worker(self):
-        """Start a worker; retries while the pids or memory limit is still full."""
-        deadline = time.monotonic() + processes.KILL_WAIT
-        while True:
-            try:
-                self.worker = processes.WorkerProcess((self.identity, self.home))
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    self.worker = None
-                    return False
-                processes.reap_zombies(self.worker)
-                time.sleep(0.02)
-        self._watch_worker(True)
-        return True
+    @property
+    def worker(self):
+        """The current worker process, or None."""
+        return self.workers.current
 
-    def _ensure_worker(self):
-        """A live worker, or None if none can be started now."""
-        if self.worker is None and not self._spawn_worker():
-            return None
-        return self.worker
-
-    def _watch_worker(self, on):
-        """Read from the worker or not (backpressure when the client is slow)."""
-        w = self.worker
-        if w is None or on == self.worker_reading:
-            return
-        if on:
-            self.selector.register(w.sock, selectors.EVENT_READ, self._on_worker_sock)
-            for fd in w.pipes:
-                self.selector.register(fd, selectors.EVENT_READ, None)
-        else:
-            for fd in [w.sock] + list(w.pipes):
-                try:
-                    self.selector.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-        self.worker_reading = on
-
-    def _drop_worker(self):
-        """Forget the current worker: close its fds, return it for reaping."""
-        w = self.worker
-        self._watch_worker(False)
-        self.worker = None
-        w.sock.close()
-        for fd in w.pipes:
-            os.close(fd)
-        return w
-
-    def _kill_others(self, keep=()):
-        """SIGKILL every other process of the cell's user; how many there were."""
-        if not self.contained:
-            return 0
-        uid = self.identity[0] if self.identity else None
-        return processes.kill_others(keep, uid, reap=self.worker is None)
-
-    def _replace_worker(self, spawn=True):
-        """A fresh worker (and namespace); the old one is killed and reaped.
-
-        Returns the old worker and its exit status (None if there was none).
-        """
-        old = self.worker
-        status = None
-        if old is not None:
-            old.signal(signal.SIGKILL)
-            self._kill_others(keep=(old.pid,))
-            self._drain_pipes()  # what its children wrote before they died
-            self._drop_worker()
-            status = old.reap()
-        self._kill_others()
-        processes.reap_zombies(self.worker)
-        if spawn:
-            self._spawn_worker()
-        return old, status
-
-    def _drain_pipes(self):
-        """What child processes wrote so far, before a later event.
-
-        One read per pipe takes all a pipe holds (64 KiB); reading on could
-        chase a writer that never stops.
-        """
-        if self.worker is None:
-            return
-        for fd, name in list(self.worker.pipes.items()):
-            try:
-                data = os.read(fd, READ_SIZE)
-            except (BlockingIOError, OSError):
-                continue
-            if data:
-                self.output.stream(name, data)
+    def _on_output(self, name, data):
+        self.output.stream(name, data)
 
     # --- events from the worker -----------------------------------------------
     def _on_worker_sock(self, _mask):
@@ -304,7 +180,7 @@ class Supervisor:
         if cell.why_interrupted and not cell.children_killed and self.worker is not None:
             # Ctrl-C ends the whole job: what outlived the SIGINT (a fork bomb's
             # children forked after it, say) would go on burning the CPU.
-            cell.children_killed = self._kill_others(keep=(self.worker.pid,))
+            cell.children_killed = self.workers.kill_children()
         for text in self._cell_notices():
             self.output.notice(text)
         if cell.why_interrupted == "timeout":
@@ -339,7 +215,7 @@ class Supervisor:
         except (BlockingIOError, OSError):
             pass
         if os.getpid() == 1:  # no init in this container: orphans are ours to reap
-            processes.reap_zombies(self.worker)
+            self.workers.reap_zombies()
         w = self.worker
         if w is None or not w.exited():
             return
@@ -366,7 +242,7 @@ class Supervisor:
         w = self.worker
         soon = (self.cell is None and w is not None
                 and time.monotonic() - w.started < 1.0)
-        old, status = self._replace_worker(spawn=not soon)
+        old, status = self.workers.replace(spawn=not soon)
         if reason is None:
             status = status or 0
             oom = (old is not None and os.WIFSIGNALED(status)
@@ -420,7 +296,7 @@ class Supervisor:
                 return
 
     def _ready(self, client, **ended):
-        self._ensure_worker()
+        self.workers.ensure()
         self._send(client, protocol.ready(self.cell is not None,
                                           self.worker.pid if self.worker else None,
                                           self.notice, **ended))
@@ -474,7 +350,7 @@ class Supervisor:
                     reason = notices.reset_by(client.who)
                 self._worker_died(notices.ended_by_reset(reason), start_deferred=False)
             else:
-                self._replace_worker()
+                self.workers.replace()
             self.notice = None
             self._ready(client, ended=ended)
             self._start_deferred()
@@ -494,12 +370,12 @@ class Supervisor:
         notice = self.notice
         self.notice = None
         if header.get("reset"):
-            self._replace_worker()
+            self.workers.replace()
             notice = None
         self.cell = Cell(header, time.monotonic(), self.config["output_limit"], client)
         if notice:
             self.output.notice(notice)
-        if self._ensure_worker() is None:
+        if self.workers.ensure() is None:
             self.output.event(protocol.done("killed", reason=notices.could_not_start(),
                                             state_lost=True))
             self.cell = None
@@ -549,7 +425,7 @@ class Supervisor:
             return
         if cell.stage == SIGINT_SENT:
             cell.stage = OTHERS_KILLED
-            cell.children_killed = self._kill_others(keep=(self.worker.pid,))
+            cell.children_killed = self.workers.kill_children()
             if cell.children_killed:  # the worker may just be waiting for them
                 self._sigint()
                 cell.kill_at = time.monotonic() + self._grace()
@@ -598,11 +474,10 @@ class Supervisor:
         while self.running:
             events = self.selector.select(self._next_timeout(time.monotonic()))
             # The worker's socket before its pipes: see streams.Channel on order.
-            events.sort(key=lambda event: self.worker is not None
-                        and event[0].fd in self.worker.pipes)
+            events.sort(key=lambda event: self.workers.owns_pipe(event[0].fd))
             for key, mask in events:
-                if self.worker is not None and key.fd in self.worker.pipes:
-                    self._read_pipe(key.fd)
+                if self.workers.owns_pipe(key.fd):
+                    self.workers.read_pipe(key.fd)
                 elif key.data is not None:
                     key.data(mask)
                 if not self.running:
@@ -613,18 +488,6 @@ class Supervisor:
             if self.cell is not None and flush_at is not None and now >= flush_at:
                 self.output.flush()
         self._shutdown()
-
-    def _read_pipe(self, fd):
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        if data:
-            self.output.stream(self.worker.pipes[fd], data)
-        else:  # every writer is gone; the socket tells whether the worker is
-            self.selector.unregister(fd)
-            del self.worker.pipes[fd]
-            os.close(fd)
 
     def farewell(self, text):
         for client in self.clients:
