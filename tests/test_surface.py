@@ -129,5 +129,5 @@ def test_without_ctypes_the_first_cell_says_io_uring_is_not_blocked(run, unique_
     _, out, err = run("print('runs')", unique_name, "--image %s" % image_without_ctypes)
     assert out == "runs\n"
     assert ("io_uring is not blocked in this instance: its Python has no ctypes, so the "
-            "agent could not add its seccomp filter") in err
+            "FiddleDock could not add its seccomp filter") in err
     assert run("print('again')", unique_name)[2] == ""  # said once

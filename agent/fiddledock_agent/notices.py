@@ -28,8 +28,9 @@ def memory_limit_text():
 
 # --- notices beneath the running cell ---------------------------------------------
 def output_limit_reached(limit):
-    return ("output limit of %s reached: further output of this cell is dropped "
-            "(DockerRun.output_limit); the code keeps running" % size_text(limit))
+    return ("output limit of %s reached: the rest of this cell's output is not shown, but "
+            "the code keeps running (`%%config DockerRun.output_limit` raises the limit)"
+            % size_text(limit))
 
 
 def process_limit_hit(limit, children_ended):
@@ -40,13 +41,13 @@ def process_limit_hit(limit, children_ended):
 
 
 def out_of_memory():
-    return ("out of memory (%s): the kernel killed a process of this cell"
+    return ("out of memory (%s): a process this cell started was killed to free memory"
             % memory_limit_text())
 
 
 def timed_out_but_went_on(timeout, children_ended):
-    return ("timed out after %g s: KeyboardInterrupt was raised in the code%s"
-            % (timeout, _children_ended(children_ended)))
+    return ("timed out after %g s: the code was interrupted, caught the KeyboardInterrupt "
+            "and went on%s" % (timeout, _children_ended(children_ended)))
 
 
 def interrupted_children_ended():
@@ -57,10 +58,11 @@ def interrupted_children_ended():
 def state_lost(reason, during_cell):
     """The next cell's notice after the worker died (``reason`` as below)."""
     if during_cell:
-        return ("this cell runs in a fresh worker: variables and imports of earlier "
-                "cells were lost (a previous cell %s)" % reason)
-    return ("this cell runs in a fresh worker: variables and imports of earlier "
-            "cells were lost (between cells the worker %s)" % reason)
+        why = "the previous cell %s" % reason
+    else:
+        why = "after the last cell ended, Python in the instance %s" % reason
+    return ("earlier variables and imports are gone because %s; run again the cells "
+            "this one needs" % why)
 
 
 # --- why a cell ended (``done``'s reason; the notebook prefixes "the cell") ---------
@@ -74,8 +76,8 @@ def _children_ended(children_ended):
 
 
 def could_not_start():
-    return ("could not start: the instance's memory or process limit is full; "
-            "`%dockerrun restart` helps")
+    return ("could not start: the instance is out of memory or processes; restart it "
+            "with `%dockerrun restart`")
 
 
 def did_not_stop(timeout):
@@ -94,9 +96,9 @@ def reset_by(who):
     return "the instance was reset by %s" % who
 
 
-WORKER_STOPPED_READING = "stopped reading its channel to the agent, so it was killed"
-WORKER_CLOSED_CHANNEL = "closed its channel to the agent, so it was killed"
-WORKER_WROTE_GARBAGE = "wrote garbage into its channel to the agent, so it was killed"
+WORKER_STOPPED_READING = "stopped answering FiddleDock, so it was killed"
+WORKER_CLOSED_CHANNEL = "closed its connection to FiddleDock, so it was killed"
+WORKER_WROTE_GARBAGE = "damaged its connection to FiddleDock, so it was killed"
 
 
 def exit_reason(status, out_of_memory_kill=False, files_bytes=0):
@@ -121,14 +123,14 @@ def exit_reason(status, out_of_memory_kill=False, files_bytes=0):
 
 # --- to a client, not beneath a cell ------------------------------------------------
 def malformed_frame(exc):
-    return "the agent dropped this connection: it sent a malformed frame (%s)" % exc
+    return "the instance closed this connection: it sent a malformed message (%s)" % exc
 
 
 def failed_request(exc):
-    return ("the agent dropped this connection: a request failed (%s: %s)"
+    return ("the instance closed this connection: a request failed (%s: %s)"
             % (type(exc).__name__, str(exc)[:200]))
 
 
 def agent_failed(exc):
-    return ("the agent failed (%s: %s); the container stops"
-            % (type(exc).__name__, str(exc)[:300]))
+    return ("FiddleDock inside the instance failed (%s: %s), so the instance stops; the "
+            "next cell starts it afresh" % (type(exc).__name__, str(exc)[:300]))

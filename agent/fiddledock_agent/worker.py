@@ -79,8 +79,8 @@ class Worker:
     def ask(self, prompt, password):
         self.flush()
         if not self.stdin_allowed:
-            raise EOFError("input() is not available here: the notebook frontend "
-                           "cannot answer input requests (stdin is not allowed)")
+            raise EOFError("input() is not available here: this notebook frontend "
+                           "cannot answer input requests")
         self.channel.send(protocol.input_request(str(prompt), password))
         header, _ = self.channel.recv() or ({}, b"")
         if header.get("type") != "input_reply":
