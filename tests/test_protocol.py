@@ -2,17 +2,15 @@
 
 Every message type the catalogue in ``fiddledock_agent/protocol.py`` names has
 one constructor there, every constructor builds a type the catalogue names,
-and what each builds is a frame the other side reads back unchanged.
+and what each builds is a frame the other side reads back unchanged. (That
+the bootstrap's own need_boot is the catalogue's: ``test_package.py``.)
 """
 
 import re
-import subprocess
-import sys
 
 import pytest
 
 from fiddledock_agent import protocol
-from fiddledock_magic._agent_files import bootstrap_source, relay_source
 
 SECTIONS = ("Requests (client -> agent)", "Events (agent -> client)")
 
@@ -79,28 +77,3 @@ def test_optional_fields_are_sent_only_when_given():
     assert protocol.ready(False, 1, None, ended=None)["ended"] is None
     assert protocol.done("ok") == {"type": "done", "status": "ok"}
     assert protocol.input_reply(error="no") == {"type": "input_reply", "error": "no"}
-
-
-def test_the_bootstrap_answers_with_the_catalogues_need_boot(tmp_path):
-    """The bootstrap writes need_boot itself (no module is loaded yet): the same message."""
-    address = str(tmp_path / "agent.sock")
-    agent = subprocess.Popen([sys.executable, "-c", bootstrap_source(), address],
-                             stdin=subprocess.DEVNULL)
-    relay = subprocess.Popen([sys.executable, "-I", "-S", "-c", relay_source(), "10", address],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        relay.stdin.write(protocol.encode(protocol.hello("test")))
-        relay.stdin.flush()
-        reader = protocol.FrameReader()
-        frames = []
-        while not frames:
-            data = relay.stdout.read1(65536)
-            assert data, "the bootstrap closed the channel without answering"
-            reader.feed(data)
-            frames = reader.frames()
-        assert frames == [(protocol.need_boot(), b"")]
-    finally:
-        relay.kill()
-        agent.kill()
-        relay.wait()
-        agent.wait()
