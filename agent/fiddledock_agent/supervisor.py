@@ -80,8 +80,6 @@ class Supervisor:
         # process (PID 1, or docker-init's child); never on a shared machine.
         contained = os.getpid() == 1 or os.getppid() == 1
         self.selector = selectors.DefaultSelector()
-        self.clients = clients_mod.Clients(self.selector, listener, take_client,
-                                           self._on_frames, self._on_drop, self._on_written)
         # SIGCHLD wakes the loop: a worker whose socket a child process still
         # holds open never shows EOF, but its exit is still seen.
         self.wake_r, wake_w = os.pipe()
@@ -98,6 +96,8 @@ class Supervisor:
             lambda client, header, payload: self.clients.send(client, header, payload,
                                                               bounded=False),
             self.workers.watch)
+        self.clients = clients_mod.Clients(self.selector, listener, take_client,
+                                           self._on_frames, self._on_drop, self.output.written)
         self.deferred = None  # (client, header, payload): waits for a gone client's cell
         self.notice = None  # told to the next client that asks
         self.last_activity = time.monotonic()
@@ -269,9 +269,6 @@ class Supervisor:
         bounded = cell is None or cell.client is not client
         self.clients.send(client, header, payload, bounded=bounded)
 
-    def _on_written(self, client):
-        self.output.written(client)
-
     def _on_drop(self, client):
         """A client is gone: a cell of its own is interrupted, its waiting cell forgotten."""
         if self.deferred is not None and self.deferred[0] is client:
@@ -296,6 +293,7 @@ class Supervisor:
                 return
 
     def _ready(self, client, **ended):
+        """Answer ``ready``; ``ended=`` (whose cell it ended) only when answering a reset."""
         self.workers.ensure()
         self._send(client, protocol.ready(self.cell is not None,
                                           self.worker.pid if self.worker else None,
