@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 
+from fiddledock_agent import protocol as messages
 from fiddledock_agent.protocol import METADATA_KEY
 
 from ._agent_files import boot_payload, relay_source
@@ -201,7 +202,7 @@ class Instance:
         if header["type"] == "need_boot":
             try:
                 self._boot(conn)
-                conn.send({"type": "hello", "who": client_description()})
+                conn.send(messages.hello(client_description()))
                 header = self._wait(conn, ("ready",))
             except BaseException:
                 conn.close()
@@ -222,10 +223,7 @@ class Instance:
             user=AGENT_USER)[1:]
         conn = AgentConnection(sock, keepalive)
         try:
-            hello = {"type": "hello", "who": client_description()}
-            if passive:
-                hello["passive"] = True
-            conn.send(hello)
+            conn.send(messages.hello(client_description(), passive))
             return conn, self._wait(conn, ("ready", "need_boot"))
         except BaseException:
             conn.close()
@@ -255,8 +253,7 @@ class Instance:
 
     def _boot(self, conn):
         modules, payload = boot_payload()
-        conn.send({"type": "boot", "modules": modules, "config": self.agent_config},
-                  payload)
+        conn.send(messages.boot(modules, self.agent_config), payload)
 
     def _wait(self, conn, kinds):
         try:
@@ -274,10 +271,7 @@ class Instance:
         ``passive``: a status look that does not count as use (idle timeout).
         """
         conn = self.connection
-        hello = {"type": "hello", "who": client_description()}
-        if passive:
-            hello["passive"] = True
-        conn.send(hello)
+        conn.send(messages.hello(client_description(), passive))
         return _next_of(conn, ("ready",), timeout)
 
     def _why_dead(self, conn=None):
@@ -350,14 +344,11 @@ class Instance:
                  cell_name=None):
         conn = self.connection
         cell_id = next(self._cell_ids)
-        request = {"type": "execute", "id": cell_id, "timeout": timeout or 0,
-                   "reset": bool(reset), "stdin": bool(handler.can_ask)}
-        if cell_name:
-            request.update(cell_name=cell_name, first_line=2)
-        if output_limit:
-            request["output_limit"] = int(output_limit)
-        if interrupt_grace is not None:
-            request["interrupt_grace"] = float(interrupt_grace)
+        request = messages.execute(
+            cell_id, timeout or 0, bool(reset), bool(handler.can_ask), cell_name,
+            first_line=2,  # the editor's line of the source's first: after the magic's line
+            output_limit=int(output_limit) if output_limit else None,
+            interrupt_grace=None if interrupt_grace is None else float(interrupt_grace))
         try:
             conn.send(request, code.encode("utf-8", "surrogateescape"))
         except ConnectionClosed:
@@ -378,7 +369,7 @@ class Instance:
                 try:
                     while interrupts < latch.count:  # forwarded between frames, never mid-frame
                         interrupts += 1
-                        conn.send({"type": "interrupt", "id": cell_id, "kill": interrupts > 1})
+                        conn.send(messages.interrupt(cell_id, kill=interrupts > 1))
                         if interrupts > 1 and kill_asked is None:
                             kill_asked = time.monotonic()
                             answer_by = min(answer_by or float("inf"),
@@ -498,18 +489,18 @@ class Instance:
     def _answer(self, handler, event):
         try:
             value = handler.ask(event.prompt, event.password)
-            reply = {"type": "input_reply", "value": str(value)}
+            reply = messages.input_reply(value=str(value))
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            reply = {"type": "input_reply", "error": "%s: %s" % (type(exc).__name__, exc)}
+            reply = messages.input_reply(error="%s: %s" % (type(exc).__name__, exc))
         self.connection.send(reply)
 
     def reset(self):
         """A fresh namespace in the same container."""
         with self.lock:
             conn = self.connection
-            conn.send({"type": "reset"})
+            conn.send(messages.reset())
             header = self._wait(conn, ("ready", "busy"))
             if header["type"] == "busy":
                 raise InstanceBusy(self.name, header.get("owner"), header.get("seconds"))

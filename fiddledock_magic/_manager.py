@@ -12,6 +12,8 @@ import functools
 import socket
 import threading
 
+from fiddledock_agent import protocol as messages
+
 from . import _image
 from ._agent_files import bootstrap_source
 from ._backend import LABEL, Container
@@ -359,7 +361,7 @@ class InstanceManager:
         inst.ended_by = done
         reason = "instance %r was %s by %s" % (inst.name, done, client_description())
         try:
-            reply = inst.control({"type": "reset", "force": True, "reason": reason})
+            reply = inst.control(messages.reset(force=True, reason=reason))
         except BaseException:
             inst.ended_by = None  # nothing was ended
             raise
@@ -376,7 +378,7 @@ class InstanceManager:
         info = self.find(name)
         if not info.running:
             return None
-        answer = self._instance(name, info).control({"type": "interrupt", "force": True})
+        answer = self._instance(name, info).control(messages.interrupt(force=True))
         return answer if answer.get("owner") else None
 
     @_serialized

@@ -53,14 +53,21 @@ def test_garbage_is_a_protocol_error():
         reader.frames()
 
 
-def test_agent_runs_locally_over_pipes(tmp_path):
-    """The agent speaks the protocol to a relay's pipes (no Docker needed)."""
-    from fiddledock_magic._agent_files import boot_payload, bootstrap_source, relay_source
+def local_agent(tmp_path):
+    """The bootstrap run as a local process, and a relay to it: ``(agent, relay)``."""
+    from fiddledock_magic._agent_files import bootstrap_source, relay_source
     address = str(tmp_path / "agent.sock")
     agent = subprocess.Popen([sys.executable, "-c", bootstrap_source(), address],
                              stdin=subprocess.DEVNULL)
     relay = subprocess.Popen([sys.executable, "-I", "-S", "-c", relay_source(), "10", address],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return agent, relay
+
+
+def test_agent_runs_locally_over_pipes(tmp_path):
+    """The agent speaks the protocol to a relay's pipes (no Docker needed)."""
+    from fiddledock_magic._agent_files import boot_payload
+    agent, relay = local_agent(tmp_path)
     try:
         modules, payload = boot_payload()
         relay.stdin.write(protocol.encode({"type": "boot", "modules": modules, "config": {}},
@@ -81,6 +88,27 @@ def test_agent_runs_locally_over_pipes(tmp_path):
         agent.kill()
         relay.kill()
     assert events == [("stream", b"42\n"), ("done", b"")]
+
+
+def test_the_bootstrap_answers_with_the_catalogues_need_boot(tmp_path):
+    """The bootstrap writes need_boot itself (no module is loaded yet): the same message."""
+    agent, relay = local_agent(tmp_path)
+    try:
+        relay.stdin.write(protocol.encode(protocol.hello("test")))
+        relay.stdin.flush()
+        reader = protocol.FrameReader()
+        frames = []
+        while not frames:
+            data = relay.stdout.read1(65536)
+            assert data, "the bootstrap closed the channel without answering"
+            reader.feed(data)
+            frames = reader.frames()
+        assert frames == [(protocol.need_boot(), b"")]
+    finally:
+        relay.kill()
+        agent.kill()
+        relay.wait()
+        agent.wait()
 
 
 def test_wheel_ships_the_agent_and_the_image(tmp_path):

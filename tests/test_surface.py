@@ -70,7 +70,7 @@ def test_shared_memory_is_bounded_in_bytes(run, create, unique_name):
     _, out, err = run(code, unique_name)
     code, written = out.split()
     assert code == "ENOSPC" and 8 <= int(written) <= 16, out
-    assert "/dev/shm is full: all of its 16 MiB are used" in err
+    assert "/dev/shm is full: all of its 16.0 MiB are used" in err
     # What /dev/shm is for still works once there is room.
     _, out, _ = run("import os, multiprocessing\nos.remove('/dev/shm/fill')\n"
                     "lock = multiprocessing.Lock()\nwith lock:\n    print('locked')",
@@ -128,6 +128,6 @@ def test_without_ctypes_the_first_cell_says_io_uring_is_not_blocked(run, unique_
                                                                     image_without_ctypes):
     _, out, err = run("print('runs')", unique_name, "--image %s" % image_without_ctypes)
     assert out == "runs\n"
-    assert ("io_uring is not blocked in this instance: its Python has no ctypes, so the "
-            "agent could not add its seccomp filter") in err
+    assert ("io_uring is not blocked in this instance: its Python has no ctypes, so "
+            "FiddleDock could not add its seccomp filter") in err
     assert run("print('again')", unique_name)[2] == ""  # said once

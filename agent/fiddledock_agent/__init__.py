@@ -1,12 +1,20 @@
 """The FiddleDock in-container agent (standard library only, Python 3.8+).
 
-``bootstrap`` receives these modules over the container's stdin and starts
-``supervisor.main``; ``supervisor`` owns the channel to the notebook and the
-worker process; ``worker`` runs cells; ``display`` builds MIME bundles;
-``hooks`` patches modules when user code imports them; ``shim`` stands in
-for ``IPython.display``; ``mpl`` shows matplotlib figures; ``seccomp``
-refuses io_uring to the cell; ``limits`` explains full writable folders.
+``bootstrap`` receives these modules from the first client and starts
+``supervisor.main``. The supervisor side: ``supervisor`` decides what each
+request and each worker event does; ``clients`` keeps each client's channel;
+``cell`` is the running cell's checked request; ``output`` queues its output;
+``workers`` keeps one worker, ``processes`` forks it and sweeps leftovers;
+``probes`` reads cgroup and /proc facts; ``notices`` and ``limits`` word what
+the user is told; ``seccomp`` refuses io_uring to the cell. The worker side:
+``worker`` runs cells; ``streams`` is its channel and sys.stdout/err/in;
+``interrupts`` turns SIGINT into KeyboardInterrupt only in cell code;
+``tracebacks`` draws a cell's exception; ``display`` builds MIME bundles;
+``hooks`` patches modules when user code imports them; ``shim`` stands in for
+``IPython.display``; ``mpl`` shows matplotlib figures. ``protocol`` is shared
+with the notebook side.
 """
 
-MODULES = ("protocol", "display", "hooks", "shim", "mpl", "seccomp", "limits", "worker",
-           "supervisor")
+MODULES = ("protocol", "probes", "notices", "display", "hooks", "shim", "mpl", "seccomp",
+           "limits", "streams", "tracebacks", "interrupts", "worker", "processes", "workers",
+           "cell", "output", "clients", "supervisor")

@@ -9,14 +9,10 @@ in a folder that holds only empty files is a riddle.
 
 import os
 
+from fiddledock_agent.notices import size_text
+
 SHARED_MEMORY = "/dev/shm"
 MANY_FILES = 10000  # enough to matter when memory runs out (each file costs ~1 KiB)
-
-
-def _size_text(n):
-    if n < 1024 * 1024:
-        return "%d KiB" % (n // 1024)
-    return "%d MiB" % (n // (1024 * 1024))
 
 
 def full_folders(folders, crowded=False):
@@ -38,7 +34,7 @@ def full_folders(folders, crowded=False):
                              % (path, st.f_files))
         elif st.f_blocks and st.f_bavail == 0:
             sentences.append("%s is full: all of its %s are used (the instance's disk size); "
-                             "delete some files" % (path, _size_text(st.f_blocks * st.f_frsize)))
+                             "delete some files" % (path, size_text(st.f_blocks * st.f_frsize)))
         elif crowded and files >= MANY_FILES:
             sentences.append("%s holds %d files, which take memory" % (path, files))
     return sentences

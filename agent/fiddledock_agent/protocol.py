@@ -97,8 +97,14 @@ their payloads and ``CELL_NOTICES`` notices; the client treats an agent that
 sends much more as hostile. The client may enforce tighter limits.
 
 Nothing here is ever unpickled or evaluated: headers are JSON, payloads bytes.
-This module is the single definition of the framing; the notebook side
-imports it too. Standard library only, Python 3.8+.
+This module is the single definition of the framing and of every message:
+each type above has one constructor below (``MESSAGES``), which both sides
+call (the bootstrap alone writes its one ``need_boot`` itself: it runs
+before any module is loaded). Events for a cell get its ``id`` added by
+whoever routes them. The supervisor talks to its worker with the same
+messages (``execute``, ``input_reply`` to it; ``stream``, ``display``,
+``result``, ``input_request``, ``done`` from it). Standard library only,
+Python 3.8+.
 """
 
 import json
@@ -178,3 +184,149 @@ class FrameReader:
     def pending(self):
         """Bytes buffered that do not yet form a whole frame."""
         return len(self._buf)
+
+
+# --- the messages: one constructor per type of the catalogue above -------------
+MESSAGES = {}  # type -> its constructor
+
+
+def _message(constructor):
+    """Register constructor as the one builder of the message type it is named after."""
+    MESSAGES[constructor.__name__] = constructor
+    return constructor
+
+
+# Requests (client -> agent)
+@_message
+def boot(modules, config):
+    """Payload: the JSON object ``{module name: source}``."""
+    return {"type": "boot", "modules": modules, "config": config}
+
+
+@_message
+def hello(who, passive=False):
+    header = {"type": "hello", "who": who}
+    if passive:
+        header["passive"] = True
+    return header
+
+
+@_message
+def execute(cell_id=None, timeout=0, reset=False, stdin=False, cell_name=None, first_line=None,
+            output_limit=None, interrupt_grace=None):
+    """Payload: the cell's source, UTF-8."""
+    header = {"type": "execute", "id": cell_id, "timeout": timeout, "reset": reset,
+              "stdin": stdin}
+    if cell_name:
+        header.update(cell_name=cell_name, first_line=first_line)
+    if output_limit:
+        header["output_limit"] = output_limit
+    if interrupt_grace is not None:
+        header["interrupt_grace"] = interrupt_grace
+    return header
+
+
+@_message
+def interrupt(cell_id=None, kill=False, force=False):
+    """The own cell's client names it (``cell_id``); another client forces."""
+    if force:
+        return {"type": "interrupt", "force": True}
+    return {"type": "interrupt", "id": cell_id, "kill": kill}
+
+
+@_message
+def input_reply(value=None, error=None):
+    """The text typed (``value``), or why there is none (``error``)."""
+    header = {"type": "input_reply"}
+    if value is not None:
+        header["value"] = value
+    if error is not None:
+        header["error"] = error
+    return header
+
+
+@_message
+def reset(force=False, reason=None):
+    header = {"type": "reset"}
+    if force:
+        header.update(force=True, reason=reason)
+    return header
+
+
+@_message
+def shutdown():
+    return {"type": "shutdown"}
+
+
+# Events (agent -> client)
+@_message
+def need_boot():
+    return {"type": "need_boot"}
+
+
+_NOT_RESET = object()
+
+
+@_message
+def ready(busy, worker, notice, ended=_NOT_RESET):
+    """``ended``: only in the answer to a reset (whose cell it ended, or None)."""
+    header = {"type": "ready", "version": VERSION, "busy": busy, "worker": worker,
+              "notice": notice}
+    if ended is not _NOT_RESET:
+        header["ended"] = ended
+    return header
+
+
+@_message
+def busy(owner, seconds):
+    return {"type": "busy", "owner": owner, "seconds": seconds}
+
+
+@_message
+def interrupted(owner=None, seconds=None):
+    """``owner: None``: no cell was running."""
+    header = {"type": "interrupted", "owner": owner}
+    if owner is not None:
+        header["seconds"] = seconds
+    return header
+
+
+@_message
+def stream(name):
+    """Payload: the output bytes."""
+    return {"type": "stream", "name": name}
+
+
+@_message
+def display(parts, metadata):
+    """Payload: the parts' values one after the other (``display.wire``)."""
+    return {"type": "display", "parts": parts, "metadata": metadata}
+
+
+@_message
+def result(parts, metadata):
+    return {"type": "result", "parts": parts, "metadata": metadata}
+
+
+@_message
+def input_request(prompt, password):
+    return {"type": "input_request", "prompt": prompt, "password": password}
+
+
+@_message
+def notice(text):
+    return {"type": "notice", "text": text}
+
+
+@_message
+def done(status, error=None, reason=None, cause=None, state_lost=False):
+    header = {"type": "done", "status": status}
+    if error is not None:
+        header["error"] = error
+    if reason is not None:
+        header["reason"] = reason
+    if cause is not None:
+        header["cause"] = cause
+    if state_lost:
+        header["state_lost"] = True
+    return header

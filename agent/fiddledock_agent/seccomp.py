@@ -46,7 +46,7 @@ def block_io_uring():
         import ctypes
     except ImportError:
         return ("io_uring is not blocked in this instance: its Python has no ctypes, "
-                "so the agent could not add its seccomp filter")
+                "so FiddleDock could not add its seccomp filter")
     code, count = _program()
     buf = ctypes.create_string_buffer(code, len(code))
 
@@ -63,5 +63,5 @@ def block_io_uring():
         ok, errno = False, str(exc)
     if ok:
         return None
-    return ("io_uring is not blocked in this instance: the agent's seccomp filter "
+    return ("io_uring is not blocked in this instance: FiddleDock's seccomp filter "
             "was refused (%s)" % (errno,))

@@ -1,10 +1,12 @@
 """The supervisor: the agent's long-lived process in the container.
 
-It owns the channel to the notebook (the container's stdin and stdout), the
-worker process that runs cells, and everything that has to happen even when
-the cell's code misbehaves: time limits, interrupts escalating to a kill,
-output caps and coalescing, reporting why a worker died, and stopping the
-container after ``idle_timeout`` without any client request.
+It owns the clients' channels (``clients``), the worker process that runs
+cells (``workers``), and everything that has to happen even when the
+cell's code misbehaves: time limits, interrupts escalating to a kill, the
+cell's output (capped, coalesced, back-pressured: ``output``), reporting why
+a worker died (``notices``), and stopping the container after
+``idle_timeout`` without any client request. This module is the decisions:
+which request does what, when a cell ends and how.
 
 Single-threaded: one selector loop, so no request waits on a busy cell.
 
@@ -19,39 +21,38 @@ forks the worker, which drops to the sandbox uid before any cell code runs,
 so nothing a cell starts can signal, trace or write into the supervisor.
 
 Escalation (a timeout, or the notebook's interrupt button; each further
-interrupt request or each ``interrupt_grace`` moves one step on):
+interrupt request or each ``interrupt_grace`` moves one step on; the step a
+cell has reached is its ``stage``):
 
-1. SIGINT to the worker's process group: KeyboardInterrupt in the cell's code
-   (and in its child processes, as a local Ctrl-C would). Namespace kept.
-   When the cell then ends, every other process still running is killed.
-2. If it is still running: SIGKILL to every other process in the container
-   (child processes, ``setsid`` daemons), then SIGINT to the worker again.
-   Namespace kept if the worker now finishes the cell.
+1. ``SIGINT_SENT``: SIGINT to the worker's process group: KeyboardInterrupt
+   in the cell's code (and in its child processes, as a local Ctrl-C would).
+   Namespace kept. When the cell then ends, every other process still
+   running is killed.
+2. ``OTHERS_KILLED``: if it is still running, SIGKILL to every other process
+   in the container (child processes, ``setsid`` daemons), then SIGINT to
+   the worker again. Namespace kept if the worker now finishes the cell.
 3. Still running: SIGKILL of the worker. A fresh worker replaces it, and the
    cell and the next one say that the state was lost.
 """
 
-import collections
 import os
 import selectors
 import signal
-import socket
-import struct
 import time
 
+from fiddledock_agent import clients as clients_mod
+from fiddledock_agent import interrupts
 from fiddledock_agent import limits
+from fiddledock_agent import notices
+from fiddledock_agent import output
+from fiddledock_agent import probes
 from fiddledock_agent import protocol
 from fiddledock_agent import seccomp
-from fiddledock_agent import worker as worker_mod
+from fiddledock_agent import workers
+from fiddledock_agent.cell import OTHERS_KILLED, RUNNING, SIGINT_SENT, Cell
 
-READ_SIZE = 256 * 1024
-OUT_HIGH_WATER = 8 * 1024 * 1024  # stop reading the worker while this much waits
-STREAM_DELAY = 0.004  # output waits at most this long to be coalesced into one frame
-STREAM_CHUNK = 64 * 1024  # ... or until this much is pending
-KILL_WAIT = 2.0  # how long to wait for killed processes to be gone
+READ_SIZE = workers.READ_SIZE
 MAX_WAIT = 86400.0  # the longest single select() wait
-MAX_CLIENTS = 64  # connected at once; more are turned away
-CLIENT_QUEUE_MAX = 4 * 1024 * 1024  # events a client that runs no cell may leave unread
 SANDBOX_UID = 1000  # who cells run as when the agent runs as root
 DEFAULTS = {
     "idle_timeout": 3600.0,
@@ -61,335 +62,6 @@ DEFAULTS = {
     "uid": SANDBOX_UID,
     "gid": SANDBOX_UID,
 }
-
-
-_cgroup_fds = {}
-
-
-def _cgroup_read(*paths):
-    """The text of the first of paths that exists.
-
-    Counters are read at every cell's start and end: the file stays open and
-    is re-read with pread (one syscall, where open/read/close cost ~100 us
-    under gVisor).
-    """
-    fd = _cgroup_fds.get(paths)
-    if fd is None:
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                break
-            except OSError:
-                continue
-        else:
-            fd = -1
-        _cgroup_fds[paths] = fd
-    if fd < 0:
-        return ""
-    try:
-        return os.pread(fd, 65536, 0).decode("ascii", "replace")
-    except OSError:
-        return ""
-
-
-def _cgroup_counter(key, *paths):
-    for line in _cgroup_read(*paths).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
-            return int(parts[1])
-    return 0
-
-
-def oom_kill_count():
-    """How many processes the kernel's OOM killer took in this container."""
-    return _cgroup_counter("oom_kill", "/sys/fs/cgroup/memory.events",
-                           "/sys/fs/cgroup/memory/memory.oom_control")
-
-
-def pids_max_count():
-    """How many times creating a process or thread failed at the pids limit."""
-    return _cgroup_counter("max", "/sys/fs/cgroup/pids.events",
-                           "/sys/fs/cgroup/pids/pids.events")
-
-
-def pids_limit():
-    text = _cgroup_read("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max").strip()
-    return int(text) if text.isdigit() else None
-
-
-def memory_limit():
-    text = _cgroup_read("/sys/fs/cgroup/memory.max",
-                        "/sys/fs/cgroup/memory/memory.limit_in_bytes").strip()
-    if not text.isdigit() or int(text) >= 1 << 60:
-        return None
-    return int(text)
-
-
-def memory_limit_text():
-    limit = memory_limit()
-    if limit is None:
-        return "no limit"
-    return "limit %d MiB" % (limit // (1024 * 1024))
-
-
-def size_text(n):
-    if n < 1024:
-        return "%d bytes" % n
-    if n < 1024 * 1024:
-        return "%.1f KiB" % (n / 1024)
-    return "%.1f MiB" % (n / (1024 * 1024))
-
-
-def tmpfs_used(paths):
-    """Bytes of files in the writable tmpfs mounts (they count as memory)."""
-    total = 0
-    for path in paths:
-        try:
-            st = os.statvfs(path)
-        except OSError:
-            continue
-        total += (st.f_blocks - st.f_bfree) * st.f_frsize
-    return total
-
-
-def describe_exit(status):
-    """A one-line reason from a waitpid status."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "signal %d" % sig
-        return "was killed by %s" % name
-    if os.WIFEXITED(status):
-        return "exited with status %d" % os.WEXITSTATUS(status)
-    return "stopped (status %d)" % status
-
-
-def ignores_sigint(pid):
-    """Whether pid ignores SIGINT right now (os.system() does while it waits)."""
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("SigIgn:"):
-                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
-
-
-def _is_zombie(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            stat = f.read()
-    except OSError:
-        return True  # gone already
-    return stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"])
-
-
-def _uid_of(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def other_pids(keep=(), uid=None):
-    """Live processes in the container but init, this process and keep.
-
-    With ``uid``, only that user's: the cell's processes, never a relay or a
-    file helper (they run as the agent's uid).
-    """
-    mine = {1, os.getpid()} | set(keep)
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in mine and not _is_zombie(int(name)):
-            if uid is None or _uid_of(int(name)) == uid:
-                pids.append(int(name))
-    return pids
-
-
-def kill_all_of(uid):
-    """SIGKILL every process of uid at once (kill(-1) from a child that becomes uid).
-
-    One kill(-1) cannot be outrun by fork, unlike killing pid by pid.
-    """
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    if pid == 0:
-        try:
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            os.kill(-1, signal.SIGKILL)
-        finally:
-            os._exit(0)
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
-def peer_pid(sock):
-    """The pid at the other end of a unix socket (a relay), or 0."""
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return 0
-    return struct.unpack("3i", creds)[0]
-
-
-class WorkerProcess:
-    """The supervisor's handle on one worker: its pid, socket and pipes."""
-
-    def __init__(self, identity):
-        parent_sock, child_sock = socket.socketpair()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        self.oom_before = oom_kill_count()
-        try:
-            pid = os.fork()
-        except OSError:
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            parent_sock.close()
-            child_sock.close()
-            raise
-        if pid == 0:  # the worker
-            try:
-                parent_sock.close()
-                worker_mod.run(child_sock, out_w, err_w, identity)
-            finally:
-                os._exit(0)
-        child_sock.close()
-        os.close(out_w)
-        os.close(err_w)
-        parent_sock.setblocking(False)
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
-        self.pid = pid
-        self.started = time.monotonic()
-        self.status = None  # waitpid status once it has exited
-        self.sock = parent_sock
-        self.reader = protocol.FrameReader()
-        self.pipes = {out_r: "stdout", err_r: "stderr"}
-
-    def signal(self, sig, group=True):
-        if group:
-            try:
-                os.killpg(self.pid, sig)
-                return
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def exited(self):
-        """Whether the worker has exited (reaps it without waiting)."""
-        if self.status is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid:
-                self.status = status
-        return self.status is not None
-
-    def reap(self, timeout=None):
-        """The exit status; waits (at most timeout seconds) if needed, else None."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.exited():
-            if deadline is None:
-                try:
-                    _, self.status = os.waitpid(self.pid, 0)
-                except ChildProcessError:
-                    self.status = 0
-                break
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.005)
-        return self.status
-
-
-class Cell:
-    """The cell being run: who asked, its limits and what it has sent."""
-
-    def __init__(self, header, now, output_limit, client):
-        self.id = header.get("id")
-        self.client = client  # a Client; None once it is gone
-        self.started = now
-        timeout = max(0.0, float(_number(header.get("timeout"))))
-        self.deadline = now + timeout if timeout > 0 else None
-        self.timeout = timeout
-        self.output_limit = int(max(0, _number(header.get("output_limit")))) or output_limit
-        self.owner = client.who
-        grace = _number(header.get("interrupt_grace"), None)
-        self.grace = None if grace is None else max(0.0, grace)
-        self.sent = 0
-        self.dropped = 0
-        self.limit_told = False
-        self.stage = 0  # escalation step reached (see the module docstring)
-        self.kill_at = None  # when the current escalation step runs out
-        self.why_interrupted = None  # "timeout" or "interrupt"
-        self.children_killed = 0
-        self.oom_before = oom_kill_count()
-        self.pids_before = pids_max_count()
-
-
-class Client:
-    """One client's channel: the stdin and stdout of its exec'd relay.
-
-    ``conn`` is the relay's own connection: the relay (and so the engine's
-    exec, and its streams) lives until it is closed.
-    """
-
-    def __init__(self, number, conn, in_fd, out_fd):
-        self.number = number
-        self.conn = conn
-        self.relay = peer_pid(conn)
-        self.in_fd = in_fd
-        self.out_fd = out_fd
-        os.set_blocking(in_fd, False)
-        os.set_blocking(out_fd, False)
-        self.reader = protocol.FrameReader(max_payload=protocol.MAX_REQUEST_PAYLOAD)
-        self.queue = collections.deque()
-        self.queued = 0
-        self.writing = False  # registered for EVENT_WRITE
-        self.gone = False
-        self.who = "client %d" % number
-
-    def close(self):
-        self.gone = True
-        for fd in (self.in_fd, self.out_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.conn.close()
-        # The relay waits (as `sleep`) until we let go: end it, and with it
-        # the engine's exec. Only if that pid is still the relay (root's).
-        if self.relay and _uid_of(self.relay) == os.getuid():
-            try:
-                os.kill(self.relay, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def _number(value, default=0.0):
-    """A finite number from a request field, else default (requests are checked, never trusted)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return default
-    if value != value or value in (float("inf"), float("-inf")):
-        return default
-    return value
-
 
 class Supervisor:
     def __init__(self, config, listener, first_client, take_client):
@@ -401,20 +73,13 @@ class Supervisor:
         self.tmpfs = ["/tmp"] + ([home] if home else [])
         # Who the worker becomes: the sandbox user when we are root (we stay
         # out of the cell's reach), else ourselves (a local run).
-        self.identity = None
+        identity = None
         if os.getuid() == 0:
-            self.identity = (int(self.config["uid"]), int(self.config["gid"]))
-        self.home = home
+            identity = (int(self.config["uid"]), int(self.config["gid"]))
         # Sweeping every other process is only sane as a container's main
         # process (PID 1, or docker-init's child); never on a shared machine.
-        self.contained = os.getpid() == 1 or os.getppid() == 1
+        contained = os.getpid() == 1 or os.getppid() == 1
         self.selector = selectors.DefaultSelector()
-        self.listener = listener
-        self.take_client = take_client
-        listener.setblocking(False)
-        self.selector.register(listener, selectors.EVENT_READ, self._on_accept)
-        self.clients = {}  # in_fd -> Client
-        self.client_count = 0
         # SIGCHLD wakes the loop: a worker whose socket a child process still
         # holds open never shows EOF, but its exit is still seen.
         self.wake_r, wake_w = os.pipe()
@@ -425,234 +90,37 @@ class Supervisor:
         # `docker stop`: end cleanly (as PID 1, without an init, SIGTERM would be ignored).
         signal.signal(signal.SIGTERM, lambda signum, frame: setattr(self, "running", False))
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
-        self.pending = []  # [name, bytearray]: stream output not yet framed
-        self.pending_size = 0
-        self.pending_since = None
-        self.cell = None
+        self.workers = workers.WorkerSlot(self.selector, identity, home, contained,
+                                          self._on_worker_sock, self._on_output)
+        self.output = output.CellOutput(
+            lambda client, header, payload: self.clients.send(client, header, payload,
+                                                              bounded=False),
+            self.workers.watch)
+        self.clients = clients_mod.Clients(self.selector, listener, take_client,
+                                           self._on_frames, self._on_drop, self.output.written)
         self.deferred = None  # (client, header, payload): waits for a gone client's cell
         self.notice = None  # told to the next client that asks
-        self.worker = None
-        self.worker_reading = False
         self.last_activity = time.monotonic()
         self.running = True
-        self._spawn_worker()
-        self._add_client(*first_client)
+        self.workers.spawn()
+        self.clients.add(*first_client)
 
-    # --- worker lifecycle ---------------------------------------------------
-    def _spawn_worker(self):
-        """Start a worker; retries while the pids or memory limit is still full."""
-        deadline = time.monotonic() + KILL_WAIT
-        while True:
-            try:
-                self.worker = WorkerProcess((self.identity, self.home))
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    self.worker = None
-                    return False
-                self._reap_zombies()
-                time.sleep(0.02)
-        self._watch_worker(True)
-        return True
+    @property
+    def cell(self):
+        """The cell being run, or None (its output is where it lives)."""
+        return self.output.cell
 
-    def _ensure_worker(self):
-        """A live worker, or None if none can be started now."""
-        if self.worker is None and not self._spawn_worker():
-            return None
-        return self.worker
+    @cell.setter
+    def cell(self, cell):
+        self.output.cell = cell
 
-    def _watch_worker(self, on):
-        """Read from the worker or not (backpressure when the client is slow)."""
-        w = self.worker
-        if w is None or on == self.worker_reading:
-            return
-        if on:
-            self.selector.register(w.sock, selectors.EVENT_READ, self._on_worker_sock)
-            for fd in w.pipes:
-                self.selector.register(fd, selectors.EVENT_READ, None)
-        else:
-            for fd in [w.sock] + list(w.pipes):
-                try:
-                    self.selector.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-        self.worker_reading = on
+    @property
+    def worker(self):
+        """The current worker process, or None."""
+        return self.workers.current
 
-    def _drop_worker(self):
-        """Forget the current worker: close its fds, return it for reaping."""
-        w = self.worker
-        self._watch_worker(False)
-        self.worker = None
-        w.sock.close()
-        for fd in w.pipes:
-            os.close(fd)
-        return w
-
-    def _kill_others(self, keep=()):
-        """SIGKILL every process in the container but init, us and keep.
-
-        A child that called setsid() escapes the worker's process group; in a
-        container this project owns, anything else running is such a leftover.
-        Repeats until they are gone, so a fork bomb cannot outrun it.
-        Returns how many processes were found.
-        """
-        if not self.contained:
-            return 0
-        found = set()
-        uid = self.identity[0] if self.identity else None
-        deadline = time.monotonic() + KILL_WAIT
-        while True:
-            pids = other_pids(keep, uid)
-            if not pids or time.monotonic() >= deadline:
-                return len(found)
-            found.update(pids)
-            if not keep:  # all at once: fork cannot race it
-                if uid is not None:
-                    kill_all_of(uid)
-                else:
-                    try:
-                        os.kill(-1, signal.SIGKILL)
-                    except OSError:
-                        pass
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            if self.worker is None:
-                self._reap_zombies()
-            time.sleep(0.005)
-
-    def _replace_worker(self, spawn=True):
-        """A fresh worker (and namespace); the old one is killed and reaped.
-
-        Returns the old worker and its exit status (None if there was none).
-        """
-        old = self.worker
-        status = None
-        if old is not None:
-            old.signal(signal.SIGKILL)
-            self._kill_others(keep=(old.pid,))
-            self._drain_pipes()  # what its children wrote before they died
-            self._drop_worker()
-            status = old.reap()
-        self._kill_others()
-        self._reap_zombies()
-        if spawn:
-            self._spawn_worker()
-        return old, status
-
-    def _reap_zombies(self):
-        """Children nobody waits for: killed workers, and orphans when we are PID 1.
-
-        The current worker's exit status is kept for ``WorkerProcess.exited``.
-        """
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if self.worker is not None and pid == self.worker.pid:
-                self.worker.status = status
-
-    # --- output to the client -----------------------------------------------
-    def _send(self, client, header, payload=b""):
-        if client is None or client.gone:
-            return
-        data = protocol.encode(header, payload)
-        client.queue.append(data)
-        client.queued += len(data)
-        cell = self.cell
-        if (cell is None or cell.client is not client) and client.queued > CLIENT_QUEUE_MAX:
-            self._drop_client(client)  # answers it does not read: not worth our memory
-            return
-        self._write_out(client)
-
-    def _write_out(self, client):
-        while client.queue:
-            data = client.queue[0]
-            try:
-                n = os.write(client.out_fd, data)
-            except BlockingIOError:
-                break
-            except OSError:  # its stream is gone
-                self._drop_client(client)
-                return
-            client.queued -= n
-            if n < len(data):
-                client.queue[0] = data[n:]
-                break
-            client.queue.popleft()
-        cell_client = self.cell.client if self.cell is not None else None
-        want = bool(client.queue)
-        if want != client.writing:
-            if want:
-                self.selector.register(client.out_fd, selectors.EVENT_WRITE,
-                                       lambda mask, c=client: self._write_out(c))
-            else:
-                self.selector.unregister(client.out_fd)
-            client.writing = want
-        if client is cell_client:  # backpressure: the cell waits for its reader
-            self._watch_worker(client.queued < OUT_HIGH_WATER)
-
-    def _to_cell(self, header, payload=b""):
-        """An event for the client whose cell is running (dropped if it is gone)."""
-        header["id"] = self.cell.id
-        self._send(self.cell.client, header, payload)
-
-    def _notice(self, text):
-        self._flush_streams()
-        self._to_cell({"type": "notice", "text": text})
-
-    def _emit_stream(self, name, data):
-        cell = self.cell
-        if cell is None:
-            return  # output of a background process between cells
-        room = cell.output_limit - cell.sent
-        if len(data) > room:
-            cell.dropped += len(data) - room
-            data = data[:room]
-        if data:
-            cell.sent += len(data)
-            if self.pending and self.pending[-1][0] == name:
-                self.pending[-1][1] += data
-            else:
-                self.pending.append([name, bytearray(data)])
-            self.pending_size += len(data)
-            if self.pending_since is None:
-                self.pending_since = time.monotonic()
-            if self.pending_size >= STREAM_CHUNK:
-                self._flush_streams()
-        if cell.dropped and not cell.limit_told:
-            cell.limit_told = True
-            self._notice("output limit of %s reached: further output of this cell is "
-                         "dropped (DockerRun.output_limit); the code keeps running"
-                         % size_text(cell.output_limit))
-
-    def _flush_streams(self):
-        pending, self.pending = self.pending, []
-        self.pending_size = 0
-        self.pending_since = None
-        for name, data in pending:
-            self._to_cell({"type": "stream", "name": name}, bytes(data))
-
-    def _drain_pipes(self):
-        """What child processes wrote so far, before a later event.
-
-        One read per pipe takes all a pipe holds (64 KiB); reading on could
-        chase a writer that never stops.
-        """
-        if self.worker is None:
-            return
-        for fd, name in list(self.worker.pipes.items()):
-            try:
-                data = os.read(fd, READ_SIZE)
-            except (BlockingIOError, OSError):
-                continue
-            if data:
-                self._emit_stream(name, data)
+    def _on_output(self, name, data):
+        self.output.stream(name, data)
 
     # --- events from the worker -----------------------------------------------
     def _on_worker_sock(self, _mask):
@@ -673,7 +141,7 @@ class Supervisor:
         try:
             frames = w.reader.frames()
         except protocol.ProtocolError:
-            self._worker_died("wrote garbage into its channel to the agent, so it was killed")
+            self._worker_died(notices.WORKER_WROTE_GARBAGE)
             return
         # No draining of the pipes first: the worker sends a frame only once the
         # pipes are empty, so pipe data pending now was written after it.
@@ -685,63 +153,47 @@ class Supervisor:
     def _on_worker_frame(self, header, payload):
         kind = header.get("type")
         if kind == "stream":
-            self._emit_stream(header.get("name", "stdout"), payload)
+            self.output.stream(header.get("name", "stdout"), payload)
             return
         if self.cell is None:
             return
-        self._flush_streams()
         if kind in ("display", "result", "input_request"):
-            self._to_cell(header, payload)
+            self.output.event(header, payload)
         elif kind == "done":
             self._finish_cell(header)
 
     def _cell_notices(self, worker_died=False):
         """What the user should know about the cell that is ending."""
         cell = self.cell
-        notices = []
-        if cell.dropped and not cell.limit_told:  # else told when it happened
-            notices.append("output truncated: %s (%d bytes) dropped after the %s limit "
-                           "(DockerRun.output_limit)"
-                           % (size_text(cell.dropped), cell.dropped,
-                              size_text(cell.output_limit)))
-        if pids_max_count() > cell.pids_before:
-            limit = pids_limit()
-            # Processes ended with the cell need no advice; others may still run.
-            notices.append("this cell hit the process limit%s: it could not start more "
-                           "processes or threads%s" % (" (%d)" % limit if limit else "",
-                                                       "" if cell.children_killed else
-                                                       "; `%dockerrun reset` ends all of them"))
-        if not worker_died and oom_kill_count() > cell.oom_before:
-            notices.append("out of memory (%s): the kernel killed a process of this cell"
-                           % memory_limit_text())
+        texts = []
+        if probes.pids_max_count() > cell.pids_before:
+            texts.append(notices.process_limit_hit(probes.pids_limit(), cell.children_killed))
+        out_of_memory = probes.oom_kill_count() > cell.oom_before
         if not worker_died:  # else the worker's reason names them
-            notices.extend(limits.full_folders(self.tmpfs, oom_kill_count() > cell.oom_before))
-        return notices
+            if out_of_memory:
+                texts.append(notices.out_of_memory())
+            texts.extend(limits.full_folders(self.tmpfs, out_of_memory))
+        return texts
 
     def _finish_cell(self, header):
         cell = self.cell
         if cell.why_interrupted and not cell.children_killed and self.worker is not None:
             # Ctrl-C ends the whole job: what outlived the SIGINT (a fork bomb's
             # children forked after it, say) would go on burning the CPU.
-            cell.children_killed = self._kill_others(keep=(self.worker.pid,))
-        self._flush_streams()
+            cell.children_killed = self.workers.kill_children()
         for text in self._cell_notices():
-            self._to_cell({"type": "notice", "text": text})
-        status = header.get("status")
-        extra = ("; the processes it started were ended" if cell.children_killed else "")
+            self.output.notice(text)
         if cell.why_interrupted == "timeout":
-            what = "timed out after %g s" % cell.timeout
-            if status == "interrupted":
+            if header.get("status") == "interrupted":
                 header["status"] = "timeout"
-                header["reason"] = "%s and was stopped%s; its variables are kept" % (what, extra)
+                header["reason"] = notices.timed_out_and_stopped(cell.timeout,
+                                                                 cell.children_killed)
             else:
-                self._to_cell({"type": "notice", "text":
-                               "%s: KeyboardInterrupt was raised in the code%s" % (what, extra)})
+                self.output.notice(notices.timed_out_but_went_on(cell.timeout,
+                                                                 cell.children_killed))
         elif cell.why_interrupted and cell.children_killed:
-            self._to_cell({"type": "notice", "text":
-                           "interrupted: the processes it started did not stop, so they were "
-                           "ended; its variables are kept"})
-        self._to_cell(header)
+            self.output.notice(notices.interrupted_children_ended())
+        self.output.event(header)
         self.cell = None
         self.last_activity = time.monotonic()
         self._start_deferred()
@@ -751,7 +203,7 @@ class Supervisor:
         w = self.worker
         status = w.reap(timeout=0.5)
         if status is None:
-            self._worker_died("closed its channel to the agent, so it was killed")
+            self._worker_died(notices.WORKER_CLOSED_CHANNEL)
         else:
             self._worker_died()
 
@@ -763,7 +215,7 @@ class Supervisor:
         except (BlockingIOError, OSError):
             pass
         if os.getpid() == 1:  # no init in this container: orphans are ours to reap
-            self._reap_zombies()
+            self.workers.reap_zombies()
         w = self.worker
         if w is None or not w.exited():
             return
@@ -790,93 +242,44 @@ class Supervisor:
         w = self.worker
         soon = (self.cell is None and w is not None
                 and time.monotonic() - w.started < 1.0)
-        old, status = self._replace_worker(spawn=not soon)
+        old, status = self.workers.replace(spawn=not soon)
         if reason is None:
-            reason = describe_exit(status or 0)
-            if (old is not None and os.WIFSIGNALED(status or 0)
-                    and os.WTERMSIG(status) == signal.SIGKILL
-                    and oom_kill_count() > old.oom_before):
-                reason = "was killed: out of memory (%s)" % memory_limit_text()
-                used = tmpfs_used(self.tmpfs)
-                if used >= 1024 * 1024:
-                    reason += "; files in /tmp and the home folder take %s of it" % size_text(used)
+            status = status or 0
+            oom = (old is not None and os.WIFSIGNALED(status)
+                   and os.WTERMSIG(status) == signal.SIGKILL
+                   and probes.oom_kill_count() > old.oom_before)
+            reason = notices.exit_reason(status, oom, probes.tmpfs_used(self.tmpfs) if oom else 0)
         reason = "; ".join([reason] + limits.full_folders(self.tmpfs, crowded=True))
-        if self.cell is not None:
-            self._flush_streams()
+        cell = self.cell
+        if cell is not None:
             for text in self._cell_notices(worker_died=True):
-                self._to_cell({"type": "notice", "text": text})
-            self._to_cell({"type": "done", "status": "killed", "reason": reason,
-                           "cause": self.cell.why_interrupted, "state_lost": True})
+                self.output.notice(text)
+            self.output.event(protocol.done("killed", reason=reason, cause=cell.why_interrupted,
+                                            state_lost=True))
             self.cell = None
-            self.notice = ("this cell runs in a fresh worker: variables and imports of earlier "
-                           "cells were lost (a previous cell %s)" % reason)
-        else:
-            self.notice = ("this cell runs in a fresh worker: variables and imports of earlier "
-                           "cells were lost (between cells the worker %s)" % reason)
+        self.notice = notices.state_lost(reason, during_cell=cell is not None)
         self.last_activity = time.monotonic()
         if start_deferred:
             self._start_deferred()
 
     # --- clients ---------------------------------------------------------------
-    def _on_accept(self, _mask):
-        """A relay connects: take the exec's stdin/stdout it hands over."""
-        client = self.take_client(self.listener)  # bootstrap.take_client: checks and all
-        if client is None:
-            return
-        conn, fds = client
-        if len(self.clients) >= MAX_CLIENTS:
-            for fd in fds:
-                os.close(fd)
-            conn.close()
-            return
-        conn.setblocking(False)
-        self._add_client(conn, *fds)
+    def _send(self, client, header, payload=b""):
+        """An answer to client (only the running cell's client may fall far behind)."""
+        cell = self.cell
+        bounded = cell is None or cell.client is not client
+        self.clients.send(client, header, payload, bounded=bounded)
 
-    def _add_client(self, conn, in_fd, out_fd):
-        self.client_count += 1
-        client = Client(self.client_count, conn, in_fd, out_fd)
-        self.clients[in_fd] = client
-        self.selector.register(in_fd, selectors.EVENT_READ,
-                               lambda mask, c=client: self._on_client(c))
-        return client
-
-    def _drop_client(self, client):
-        """A client left (or misbehaved): forget it; a cell of its own is interrupted."""
-        if client.gone:
-            return
-        for fd in (client.in_fd, client.out_fd):
-            try:
-                self.selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-        self.clients.pop(client.in_fd, None)
-        client.close()
+    def _on_drop(self, client):
+        """A client is gone: a cell of its own is interrupted, its waiting cell forgotten."""
         if self.deferred is not None and self.deferred[0] is client:
             self.deferred = None
         cell = self.cell
         if cell is not None and cell.client is client:
             cell.client = None  # its events have nowhere to go
-            if cell.stage == 0:  # as a local kernel's death would end its code
+            if cell.stage == RUNNING:  # as a local kernel's death would end its code
                 self._escalate("client_gone")
 
-    def _on_client(self, client):
-        try:
-            data = os.read(client.in_fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # its kernel is gone, or gave up on us
-            self._drop_client(client)
-            return
-        client.reader.feed(data)
-        try:
-            frames = client.reader.frames()
-        except protocol.ProtocolError as exc:
-            self._send(client, {"type": "notice", "text": "the agent dropped this connection: "
-                                "it sent a malformed frame (%s)" % exc})
-            self._drop_client(client)
-            return
+    def _on_frames(self, client, frames):
         for header, payload in frames:
             if client.gone:
                 return
@@ -885,26 +288,22 @@ class Supervisor:
             try:
                 self._on_request(client, header, payload)
             except Exception as exc:  # a request we cannot make sense of: that client goes
-                self._send(client, {"type": "notice", "text": "the agent dropped this "
-                                    "connection: a request failed (%s: %s)"
-                                    % (type(exc).__name__, str(exc)[:200])})
-                self._drop_client(client)
+                self._send(client, protocol.notice(notices.failed_request(exc)))
+                self.clients.drop(client)
                 return
 
-    def _ready(self, client, **extra):
-        self._ensure_worker()
-        header = {"type": "ready", "version": protocol.VERSION,
-                  "busy": self.cell is not None,
-                  "worker": self.worker.pid if self.worker else None,
-                  "notice": self.notice}
-        header.update(extra)
-        self._send(client, header)
+    def _ready(self, client, **ended):
+        """Answer ``ready``; ``ended=`` (whose cell it ended) only when answering a reset."""
+        self.workers.ensure()
+        self._send(client, protocol.ready(self.cell is not None,
+                                          self.worker.pid if self.worker else None,
+                                          self.notice, **ended))
         self.notice = None
 
     def _owner(self):
         """Whose cell is running, and for how long (for busy / interrupted answers)."""
         cell = self.cell
-        return {"owner": cell.owner, "seconds": round(time.monotonic() - cell.started, 1)}
+        return cell.owner, round(time.monotonic() - cell.started, 1)
 
     def _on_request(self, client, header, payload):
         kind = header.get("type")
@@ -920,12 +319,12 @@ class Supervisor:
             if header.get("force") and (cell is None or cell.client is not client):
                 # another kernel stops this cell: it is told whose it was
                 if cell is None:
-                    self._send(client, {"type": "interrupted", "owner": None})
+                    self._send(client, protocol.interrupted())
                     return
-                self._send(client, dict(self._owner(), type="interrupted"))
-                self._escalate("interrupt" if cell.stage == 0 else cell.why_interrupted)
+                self._send(client, protocol.interrupted(*self._owner()))
+                self._escalate("interrupt" if cell.stage == RUNNING else cell.why_interrupted)
             elif cell is not None and cell.client is client:
-                if header.get("kill") or cell.stage == 0:
+                if header.get("kill") or cell.stage == RUNNING:
                     self._escalate("interrupt")
                 else:  # pressed again: another KeyboardInterrupt, as locally
                     self._sigint(group=True)
@@ -933,23 +332,23 @@ class Supervisor:
             # Only the client whose cell asked may answer it.
             if cell is not None and self.worker is not None and cell.client is client:
                 value, error = header.get("value"), header.get("error")
-                reply = {"type": "input_reply",
-                         "value": value if isinstance(value, str) else None,
-                         "error": error if isinstance(error, str) else None}
+                reply = protocol.input_reply(value if isinstance(value, str) else None,
+                                             error if isinstance(error, str) else None)
                 self._to_worker(protocol.encode(reply))
         elif kind == "reset":
             ended = None
             if cell is not None:
                 if not header.get("force"):
-                    self._send(client, dict(self._owner(), type="busy"))
+                    self._send(client, protocol.busy(*self._owner()))
                     return
-                ended = self._owner()
+                owner, seconds = self._owner()
+                ended = {"owner": owner, "seconds": seconds}
                 reason = header.get("reason")
                 if not (isinstance(reason, str) and reason):
-                    reason = "the instance was reset by %s" % client.who
-                self._worker_died("was ended: %s" % reason[:300], start_deferred=False)
+                    reason = notices.reset_by(client.who)
+                self._worker_died(notices.ended_by_reset(reason), start_deferred=False)
             else:
-                self._replace_worker()
+                self.workers.replace()
             self.notice = None
             self._ready(client, ended=ended)
             self._start_deferred()
@@ -962,25 +361,27 @@ class Supervisor:
             if cell.client is None and self.deferred is None:
                 self.deferred = (client, header, payload)  # runs once that cell has ended
             else:
-                self._send(client, dict(self._owner(), type="busy", id=header.get("id")))
+                answer = protocol.busy(*self._owner())
+                answer["id"] = header.get("id")
+                self._send(client, answer)
             return
         notice = self.notice
         self.notice = None
         if header.get("reset"):
-            self._replace_worker()
+            self.workers.replace()
             notice = None
         self.cell = Cell(header, time.monotonic(), self.config["output_limit"], client)
         if notice:
-            self._to_cell({"type": "notice", "text": notice})
-        if self._ensure_worker() is None:
-            self._to_cell({"type": "done", "status": "killed", "state_lost": True,
-                           "reason": "could not start: the instance's memory or "
-                                     "process limit is full; `%dockerrun restart` helps"})
+            self.output.notice(notice)
+        if self.workers.ensure() is None:
+            self.output.event(protocol.done("killed", reason=notices.could_not_start(),
+                                            state_lost=True))
             self.cell = None
             return
-        fwd = {"type": "execute", "stdin": bool(header.get("stdin")),
-               "cell_name": header.get("cell_name"), "first_line": header.get("first_line")}
-        self._to_worker(protocol.encode(fwd, payload))
+        forward = protocol.execute(stdin=bool(header.get("stdin")),
+                                   cell_name=header.get("cell_name"),
+                                   first_line=header.get("first_line"))
+        self._to_worker(protocol.encode(forward, payload))
 
     def _start_deferred(self):
         """The cell that waited for a gone client's cell, now that it has ended."""
@@ -1000,7 +401,7 @@ class Supervisor:
             if w.exited():
                 self._worker_died()
             else:
-                self._worker_died("stopped reading its channel to the agent, so it was killed")
+                self._worker_died(notices.WORKER_STOPPED_READING)
         finally:
             if self.worker is w:
                 w.sock.setblocking(False)
@@ -1015,34 +416,31 @@ class Supervisor:
         cell = self.cell
         if cell.why_interrupted is None:
             cell.why_interrupted = why
-        if cell.stage == 0:
-            cell.stage = 1
+        if cell.stage == RUNNING:
+            cell.stage = SIGINT_SENT
             self._sigint(group=True)  # the group, like Ctrl-C in a terminal
             cell.kill_at = time.monotonic() + self._grace()
             return
-        if cell.stage == 1:
-            cell.stage = 2
-            cell.children_killed = self._kill_others(keep=(self.worker.pid,))
+        if cell.stage == SIGINT_SENT:
+            cell.stage = OTHERS_KILLED
+            cell.children_killed = self.workers.kill_children()
             if cell.children_killed:  # the worker may just be waiting for them
                 self._sigint()
                 cell.kill_at = time.monotonic() + self._grace()
                 return
-        if cell.why_interrupted == "timeout":
-            reason = "timed out after %g s and did not stop on KeyboardInterrupt" % cell.timeout
-        else:
-            reason = "interrupted and did not stop on KeyboardInterrupt"
-        self._worker_died(reason + ", so it was killed")
+        self._worker_died(notices.did_not_stop(
+            cell.timeout if cell.why_interrupted == "timeout" else None))
 
     def _sigint(self, group=False):
         """SIGINT to the worker (and its group); a nudge if it ignores SIGINT just now."""
         self.worker.signal(signal.SIGINT, group=group)
-        if ignores_sigint(self.worker.pid):  # inside os.system(), say
-            self.worker.signal(worker_mod.NUDGE, group=False)
+        if probes.ignores_sigint(self.worker.pid):  # inside os.system(), say
+            self.worker.signal(interrupts.NUDGE, group=False)
 
     def _check_timers(self, now):
         cell = self.cell
         if cell is not None:
-            if cell.stage == 0 and cell.deadline is not None and now >= cell.deadline:
+            if cell.stage == RUNNING and cell.deadline is not None and now >= cell.deadline:
                 self._escalate("timeout")
             elif cell.kill_at is not None and now >= cell.kill_at:
                 self._escalate(cell.why_interrupted)
@@ -1057,8 +455,9 @@ class Supervisor:
                 times.append(cell.kill_at)
             elif cell.deadline is not None:
                 times.append(cell.deadline)
-            if self.pending_since is not None:
-                times.append(self.pending_since + STREAM_DELAY)
+            flush_at = self.output.flush_at()
+            if flush_at is not None:
+                times.append(flush_at)
         else:
             times.append(self.last_activity + float(self.config["idle_timeout"]))
         if not times:
@@ -1072,51 +471,31 @@ class Supervisor:
     def loop(self):
         while self.running:
             events = self.selector.select(self._next_timeout(time.monotonic()))
-            # The worker's socket before its pipes: see worker.Channel on order.
-            events.sort(key=lambda event: self.worker is not None
-                        and event[0].fd in self.worker.pipes)
+            # The worker's socket before its pipes: see streams.Channel on order.
+            events.sort(key=lambda event: self.workers.owns_pipe(event[0].fd))
             for key, mask in events:
-                if self.worker is not None and key.fd in self.worker.pipes:
-                    self._read_pipe(key.fd)
+                if self.workers.owns_pipe(key.fd):
+                    self.workers.read_pipe(key.fd)
                 elif key.data is not None:
                     key.data(mask)
                 if not self.running:
                     break
             now = time.monotonic()
             self._check_timers(now)
-            if (self.cell is not None and self.pending_since is not None
-                    and now - self.pending_since >= STREAM_DELAY):
-                self._flush_streams()
+            flush_at = self.output.flush_at()
+            if self.cell is not None and flush_at is not None and now >= flush_at:
+                self.output.flush()
         self._shutdown()
 
-    def _read_pipe(self, fd):
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        if data:
-            self._emit_stream(self.worker.pipes[fd], data)
-        else:  # every writer is gone; the socket tells whether the worker is
-            self.selector.unregister(fd)
-            del self.worker.pipes[fd]
-            os.close(fd)
-
     def farewell(self, text):
-        for client in list(self.clients.values()):
-            self._send(client, {"type": "notice", "text": text})
+        for client in self.clients:
+            self._send(client, protocol.notice(text))
         self._shutdown()
 
     def _shutdown(self):
         if self.worker is not None:
             self.worker.signal(signal.SIGKILL)
-        for client in list(self.clients.values()):
-            try:
-                os.set_blocking(client.out_fd, True)
-                while client.queue:
-                    os.write(client.out_fd, client.queue.popleft())
-            except OSError:
-                pass
-            client.close()
+        self.clients.close_all()
 
 
 def main(boot_header, listener, first_client, take_client):
@@ -1129,6 +508,5 @@ def main(boot_header, listener, first_client, take_client):
     try:
         supervisor.loop()
     except Exception as exc:  # a bug of ours: say what, to whoever is connected
-        supervisor.farewell("the agent failed (%s: %s); the container stops"
-                            % (type(exc).__name__, str(exc)[:300]))
+        supervisor.farewell(notices.agent_failed(exc))
         raise
