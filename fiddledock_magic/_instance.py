@@ -7,11 +7,9 @@ is given (``_backend.Backend``); finding,
 creating and removing instances is ``_manager.InstanceManager``'s job.
 """
 
-import contextlib
 import getpass
 import itertools
 import os
-import signal
 import socket
 import threading
 import time
@@ -24,6 +22,7 @@ from ._budget import Flood, cell_budget
 from ._errors import (AgentError, EngineUnavailable, FiddleDockError, InstanceBusy, InstanceLost,
                       MalformedEvent, plain_text, short_error)
 from ._events import BadEvent, done_header, read_event
+from ._interrupt_latch import InterruptLatch
 from ._protocol import VERSION, AgentConnection, ConnectionClosed, ProtocolError
 
 DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
@@ -91,48 +90,6 @@ def describe_stop(container):
     if container.state == "exited":
         return "its container had stopped (exit code %s)" % container.exit_code
     return "its container is %s" % (container.state or "stopped")
-
-
-class _InterruptLatch:
-    """SIGINT (the notebook's interrupt button) while a cell runs: counted, not raised.
-
-    A KeyboardInterrupt raised at an arbitrary point of the wait loop could
-    cut a frame in half; the loop looks at ``count`` between frames instead,
-    waking every ``poll`` seconds. Only in the main thread and over Python's
-    standard handler; elsewhere KeyboardInterrupt is caught as before.
-    """
-
-    POLL = 0.1
-
-    def __init__(self):
-        self.count = 0
-        self.poll = None
-        self._old = None
-
-    def _hit(self, signum, frame):
-        self.count += 1
-
-    def __enter__(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._old = signal.signal(signal.SIGINT, self._hit)
-            self.poll = self.POLL
-        return self
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-    @contextlib.contextmanager
-    def paused(self):
-        if self._old is None:
-            yield
-            return
-        signal.signal(signal.SIGINT, self._old)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, self._hit)
 
 
 def _next_of(conn, kinds, timeout):
@@ -364,7 +321,7 @@ class Instance:
         answer_by = started + timeout + 2 * grace + DEADLINE_SLACK if timeout else None
         interrupts = 0
         kill_asked = None
-        with _InterruptLatch() as latch:
+        with InterruptLatch() as latch:
             while True:
                 try:
                     while interrupts < latch.count:  # forwarded between frames, never mid-frame
