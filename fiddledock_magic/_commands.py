@@ -7,6 +7,7 @@ a bad subcommand or value is a short ``UsageError``.
 
 import difflib
 import shlex
+import sys
 import textwrap
 
 from IPython.core.error import UsageError
@@ -41,8 +42,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.add_parser("help", help="Show this help.", add_help=False)
     sub.add_parser("list", help="Show the instances of this notebook.", add_help=False)
-    create = sub.add_parser("create", help="Create an instance.", add_help=False)
-    create.add_argument("name")
+    create = sub.add_parser("create", help="Create an instance; several names create several "
+                                           "at once, with these settings.", add_help=False)
+    create.add_argument("name", nargs="+", metavar="NAME")
     create.add_argument("--image", help="Image (default: DockerRun.image).")
     create.add_argument("--memory", help="Memory limit, e.g. 512m or 1g (no extra swap).")
     create.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 1 or 0.5.")
@@ -240,7 +242,10 @@ class LineCommands:
 
     def cmd_create(self, args):
         c = self.manager.config
-        check_name(args.name)
+        names = [check_name(name) for name in args.name]  # every name checked before any is made
+        twice = sorted(set(n for n in names if names.count(n) > 1))
+        if twice:
+            raise UsageError("create names each instance once: %s given twice" % ", ".join(twice))
         env = {}
         for item in args.env:
             key, sep, value = item.partition("=")
@@ -258,12 +263,16 @@ class LineCommands:
             env={**c.env, **env},
         ).validate()
         try:
-            self.manager.create(args.name, spec, progress=print)
+            if len(names) > 1:
+                from ._multirun import create_many
+                create_many(self.manager, names, spec, print, _print_error)
+                return
+            self.manager.create(names[0], spec, progress=print)
         except ImageNotFound as exc:
             raise UsageError("image %r is not on the Docker engine; use an image it has "
                              "(build or pull it first), or leave out --image for the default "
                              "%r" % (exc.image, c.image)) from None
-        print("created instance %r" % args.name)
+        print("created instance %r" % names[0])
 
     def cmd_delete(self, args):
         if args.all and args.name:
@@ -347,6 +356,11 @@ def _whose(cell, verb):
     since = (" (running for %d s)" % seconds) if isinstance(seconds, (int, float)) else ""
     return "; %s the cell of %s%s" % (verb, plain_text(cell.get("owner")) or "another kernel",
                                        since)
+
+
+def _print_error(text):
+    sys.stderr.write("\x1b[0;31m%s\x1b[0m\n" % text)
+    sys.stderr.flush()
 
 
 def _shell():
