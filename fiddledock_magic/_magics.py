@@ -137,7 +137,7 @@ class DockerRunMagics(Magics):
 
     def _line(self, line):
         try:
-            return self.commands.run(line)
+            return self.commands.run(expand_lists(line)[0])  # create {students}
         except InvalidSetting as exc:
             raise UsageError(str(exc)) from None
 
