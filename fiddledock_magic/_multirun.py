@@ -63,10 +63,11 @@ def create_many(manager, names, spec, say, complain):
 class _Forward(CellHandler):
     """A cell handler in an instance's thread: what arrives goes on the queue."""
 
-    def __init__(self, name, events, can_ask):
+    def __init__(self, name, events, can_ask, ended):
         self.name = name
         self.events = events
         self.can_ask = can_ask
+        self.ended = ended  # set when the main thread stopped listening
 
     def stream(self, name, data):
         self.events.put((self.name, "stream", (name, data)))
@@ -83,7 +84,13 @@ class _Forward(CellHandler):
     def ask(self, prompt, password):
         answer = queue.Queue(1)
         self.events.put((self.name, "ask", (prompt, password, answer)))
-        value, error = answer.get()
+        while True:
+            try:
+                value, error = answer.get(timeout=WAIT)
+                break
+            except queue.Empty:
+                if self.ended.is_set():
+                    raise EOFError("the notebook stopped listening to this cell") from None
         if error is not None:
             raise error
         return value
@@ -114,15 +121,21 @@ class ManyRun:
         known = set(self.manager.names())
         can_ask = _can_ask(self.shell)
         workers = max(1, min(len(self.names), self.manager.config.parallel))
+        ended = threading.Event()
         with concurrent.futures.ThreadPoolExecutor(workers, "fiddledock-cell") as pool:
             for name in self.names:
-                pool.submit(self._one, name, name not in known, _Forward(name, self.events,
-                                                                         can_ask))
-            while len(self.results) < len(self.names):
-                try:
-                    self._step()
-                except KeyboardInterrupt:  # the stop button
-                    self._interrupt()
+                pool.submit(self._one, name, name not in known,
+                            _Forward(name, self.events, can_ask, ended))
+            try:
+                while len(self.results) < len(self.names):
+                    try:
+                        self._step()
+                    except KeyboardInterrupt:  # the stop button
+                        self._interrupt()
+            except BaseException:  # a failure here: stop the cells rather than wait for them
+                ended.set()
+                self._interrupt()
+                raise
         failed = [n for n in self.names if self.results[n][0] != "ok"]
         summary = self.summary()
         if failed:

@@ -4,6 +4,7 @@ line; %dockerrun create a b c makes several at once. Through a real kernel and
 the real engine."""
 
 import re
+import threading
 import time
 
 from conftest import ok, stream_text
@@ -184,3 +185,37 @@ def test_lists_in_the_line_become_names():
     assert expand_lists("{'b', 'a'}") == ("a b", True)
     assert expand_lists("alice --timeout 3") == ("alice --timeout 3", False)
     assert expand_lists("[1, 2]") == ("[1, 2]", False)  # not names: left for the parser
+
+
+def test_the_stop_button_interrupts_every_instance(kernel):
+    ok(kernel.execute("%dockerrun create s1 s2", timeout=120)[0])
+    seen = []
+    stopper = threading.Thread(target=_interrupt_when_running, args=(kernel, seen))
+    stopper.start()
+    started = time.monotonic()
+    reply, msgs = kernel.execute("%%dockerrun s1 s2\nimport time\nx = 1\ntime.sleep(120)\nx = 2",
+                                 timeout=90, collect=seen)
+    stopper.join()
+    assert time.monotonic() - started < 60
+    summary = error_reply(reply)
+    assert re.fullmatch(r"2 instances: interrupted: s1 \(\d+\.\d s\), s2 \(\d+\.\d s\)",
+                        summary), summary
+    shown = sections(msgs)
+    assert "KeyboardInterrupt" in shown["s1"] and "KeyboardInterrupt" in shown["s2"]
+    # the namespaces are kept, and the instances run the next cell
+    reply, msgs = kernel.execute("%%dockerrun s1 s2\nprint('x is', x)", timeout=60)
+    ok(reply)
+    assert "x is 1" in sections(msgs)["s1"] and "x is 1" in sections(msgs)["s2"]
+
+
+def _interrupt_when_running(kernel, seen, wait=60):
+    """The stop button, once both sections say 'running'."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        running = [m for _, m in list(seen) if m["msg_type"] == "update_display_data"
+                   and ": running" in m["content"]["data"]["text/plain"]]
+        if len({m["content"]["transient"]["display_id"] for m in running}) == 2:
+            time.sleep(1)  # inside time.sleep(120) by now
+            kernel.km.interrupt_kernel()
+            return
+        time.sleep(0.1)
