@@ -219,3 +219,12 @@ def _interrupt_when_running(kernel, seen, wait=60):
             kernel.km.interrupt_kernel()
             return
         time.sleep(0.1)
+
+
+def test_without_a_kernel_each_section_is_printed_when_its_instance_ends(shell, own_scope,
+                                                                         capsys):
+    capsys.readouterr()
+    shell.run_cell_magic("dockerrun", "tt1 tt2", "import socket\nprint('on', socket.gethostname())")
+    out = capsys.readouterr().out
+    assert out.count("--- tt") == 2 and "on tt1" in out and "on tt2" in out, out
+    assert re.search(r"\n2 instances: ok: tt1 \(\d+\.\d s\), tt2 \(\d+\.\d s\)\n$", out), out
