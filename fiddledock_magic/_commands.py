@@ -44,7 +44,7 @@ def build_parser():
     sub.add_parser("list", help="Show the instances of this notebook.", add_help=False)
     create = sub.add_parser("create", help="Create an instance; several names create several "
                                            "at once, with these settings.", add_help=False)
-    create.add_argument("name", nargs="+", metavar="NAME")
+    create.add_argument("name", nargs="+")
     create.add_argument("--image", help="Image (default: DockerRun.image).")
     create.add_argument("--memory", help="Memory limit, e.g. 512m or 1g (no extra swap).")
     create.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 1 or 0.5.")
@@ -147,7 +147,8 @@ def _synopsis(parser, command):
     for action in parser._actions:
         if not action.option_strings:
             word = (action.metavar or action.dest).upper()
-            words.append("[%s]" % word if action.nargs == "?" else word)
+            words.append("[%s]" % word if action.nargs == "?" else
+                         word + "..." if action.nargs == "+" else word)
             continue
         flag = action.option_strings[0]
         if action.nargs == 0:
