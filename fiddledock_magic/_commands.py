@@ -201,9 +201,11 @@ class LineCommands:
 
     def help_text(self):
         """Every subcommand with its options and an example."""
-        out = ["%%dockerrun [NAME] [--timeout SECONDS] [--image IMAGE] [--reset] [--no-raise]",
+        out = ["%%dockerrun [NAME...] [--timeout SECONDS] [--image IMAGE] [--reset] [--no-raise]",
                "    (first line of a cell) Run the cell in instance NAME, created on first "
                "use.",
+               "    Several names, a pattern (student*) or a list ({students}) run it in each "
+               "at once.",
                "    e.g. %%dockerrun alice --timeout 30", "",
                "%dockerrun SUBCOMMAND: manage this notebook's instances.", ""]
         for action in self.parser._actions:
