@@ -228,3 +228,28 @@ def test_without_a_kernel_each_section_is_printed_when_its_instance_ends(shell, 
     out = capsys.readouterr().out
     assert out.count("--- tt") == 2 and "on tt1" in out and "on tt2" in out, out
     assert re.search(r"\n2 instances: ok: tt1 \(\d+\.\d s\), tt2 \(\d+\.\d s\)\n$", out), out
+
+
+def test_rich_output_stays_in_its_section_and_runs_no_script(kernel):
+    code = ("%%dockerrun r1 r2\n"
+            "from IPython.display import display, HTML\n"
+            "h = display(HTML('<b>first</b><script>alert(1)</script>'), display_id=True)\n"
+            "h.update(HTML('<i>updated</i><img src=x onerror=alert(1)>'))\n"
+            "print('text </pre><script>alert(2)</script>')\n"
+            "40 + 2")
+    reply, msgs = kernel.execute(code, timeout=120)
+    ok(reply)
+    final = {}
+    for _, m in msgs:
+        display_id = (m["content"].get("transient") or {}).get("display_id", "")
+        if display_id.startswith("fiddledock-section-"):
+            final[display_id] = m["content"]["data"]["text/html"]
+    assert len(final) == 2
+    for page in final.values():
+        assert "<i>updated</i>" in page and "first" not in page  # the update, in place
+        assert "<script" not in page and "onerror" not in page
+        assert "text &lt;/pre&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page
+        assert "Out:" in page and "42" in page
+    # nothing outside the sections but the summary
+    kinds = {m["msg_type"] for _, m in msgs} - {"status", "execute_input"}
+    assert kinds == {"display_data", "update_display_data", "stream"}, kinds
