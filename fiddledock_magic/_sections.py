@@ -102,6 +102,13 @@ def rich_html(data, metadata):
     return "<pre>%s</pre>" % html.escape(text)
 
 
+def _text(part):
+    """A stream part's text (its chunks joined once)."""
+    if len(part[2]) > 1:
+        part[2][:] = ["".join(part[2])]
+    return part[2][0] if part[2] else ""
+
+
 class Section:
     """One instance's part of the cell: state, times and what it showed, in order."""
 
@@ -111,7 +118,7 @@ class Section:
         self.state = "waiting"
         self.started = None
         self.seconds = None
-        self.parts = []  # ["stream", name, text] | ["rich", data, metadata, id] | ["notice", text] | ["error", lines] | ["value", data, metadata]
+        self.parts = []  # ["stream", name, [text...]] | ["rich", data, metadata, id] | ["notice", text] | ["error", lines] | ["value", data, metadata]
         self.value = None
         self._decoders = {}
         self._clear_pending = False
@@ -141,16 +148,16 @@ class Section:
         self.size += len(text)
         last = self.parts[-1] if self.parts else None
         if last is not None and last[0] == "stream" and last[1] == name and not self._clear_pending:
-            last[2] += text
+            last[2].append(text)  # joined when drawn: no copy of the whole text per chunk
             self.dirty = True
         else:
-            self._add(["stream", name, text])
+            self._add(["stream", name, [text]])
 
     def finish_streams(self):
         for name, decoder in self._decoders.items():
             tail = decoder.decode(b"", final=True)
             if tail:
-                self._add(["stream", name, tail])
+                self._add(["stream", name, [tail]])
 
     def display(self, data, metadata):
         metadata = dict(metadata or {})
@@ -206,7 +213,7 @@ class Section:
                 style = "margin:0;padding:0 6px;white-space:pre-wrap;word-break:break-word"
                 if part[1] == "stderr":
                     style += ";background:#fdd"
-                out.append('<pre style="%s">%s</pre>' % (style, ansi_html(overwritten(part[2]))))
+                out.append('<pre style="%s">%s</pre>' % (style, ansi_html(overwritten(_text(part)))))
             elif kind == "rich":
                 out.append(rich_html(part[1], part[2]))
             elif kind == "value":
@@ -225,7 +232,7 @@ class Section:
         for part in self._visible(live):
             kind = part[0]
             if kind == "stream":
-                out.append(overwritten(part[2]).rstrip("\n"))
+                out.append(overwritten(_text(part)).rstrip("\n"))
             elif kind in ("rich", "value"):
                 out.append(("Out: " if kind == "value" else "") + part[1].get("text/plain", ""))
             elif kind == "notice":
@@ -243,9 +250,10 @@ class Section:
             if part[0] == "stream":
                 if left <= 0:
                     continue
-                if len(part[2]) > left:
-                    part = ["stream", part[1], part[2][-left:]]
-                left -= len(part[2])
+                text = _text(part)
+                if len(text) > left:
+                    part = ["stream", part[1], [text[-left:]]]
+                left -= len(text)
             parts.append(part)
         parts.append(["notice", "earlier output is shown when the instance ends"])
         return list(reversed(parts))

@@ -253,3 +253,25 @@ def test_rich_output_stays_in_its_section_and_runs_no_script(kernel):
     # nothing outside the sections but the summary
     kinds = {m["msg_type"] for _, m in msgs} - {"status", "execute_input"}
     assert kinds == {"display_data", "update_display_data", "stream"}, kinds
+
+
+# --- the section's own logic (no engine needed) ----------------------------------------------
+
+def test_a_section_keeps_what_a_terminal_would_show():
+    from fiddledock_agent.protocol import METADATA_KEY
+    from fiddledock_magic._sections import LIVE_TAIL, Section, ansi_html, overwritten
+    assert overwritten("10%\r50%\r100%\ndone\r\n") == "100%\ndone\n"
+    assert ansi_html("\x1b[31m<b>\x1b[0m&") == '<span style="color:#c62828;">&lt;b&gt;</span>&amp;'
+    section = Section("ann", "id")
+    section.stream("stdout", "é".encode()[:1])  # a character split across chunks stays whole
+    section.stream("stdout", "é\n".encode()[1:])
+    section.stream("stderr", b"oops\n")
+    assert section.text() == "--- ann: waiting ---\né\noops"
+    section.display({"text/plain": "x"}, {METADATA_KEY: {"clear": True, "wait": True}})
+    assert "oops" in section.text()  # cleared only when the next output comes
+    section.stream("stdout", b"after\n")
+    assert section.text() == "--- ann: waiting ---\nafter"
+    section.stream("stdout", b"y" * (LIVE_TAIL * 2))
+    live = section.html(live=True)
+    assert len(live) < LIVE_TAIL * 1.5 and "earlier output is shown when the instance ends" in live
+    assert len(section.html()) > LIVE_TAIL * 2
