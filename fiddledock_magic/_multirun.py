@@ -36,11 +36,16 @@ def in_parallel(names, work, parallel):
     workers = max(1, min(len(names), parallel))
     with concurrent.futures.ThreadPoolExecutor(workers, "fiddledock-many") as pool:
         futures = {pool.submit(work, name): name for name in names}
-        for future in concurrent.futures.as_completed(futures):
-            try:
-                yield futures[future], future.result(), None
-            except FiddleDockError as exc:
-                yield futures[future], None, exc
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    yield futures[future], future.result(), None
+                except FiddleDockError as exc:
+                    yield futures[future], None, exc
+        except BaseException:  # the stop button: what has not started yet never does
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def create_many(manager, names, spec, say, complain):
@@ -117,8 +122,8 @@ class ManyRun:
     def run(self):
         """Run the cell everywhere; the summary line. InstancesFailed (its text the
         summary) when any instance did not end ok."""
+        known = set(self.manager.names())  # first: no engine, no sections left waiting
         self.sections = Sections(self.shell, self.names)
-        known = set(self.manager.names())
         can_ask = _can_ask(self.shell)
         workers = max(1, min(len(self.names), self.manager.config.parallel))
         ended = threading.Event()
@@ -195,6 +200,8 @@ class ManyRun:
 
     def _cell(self, name, new, handler):
         instance = None
+        if self.stopping:
+            return "interrupted", FiddleDockError("stopped before it started")
         try:
             if new:
                 try:

@@ -5,6 +5,7 @@ so both name a failure alike. Statuses are the ones a cell's last result is
 recorded with: ``ok``, ``error``, ``timeout``, ``interrupted``.
 """
 
+import sys
 import time
 
 from . import _traceback
@@ -71,7 +72,7 @@ def record_result(manager, name, status, seconds):
     if results is None:
         results = manager.last_results = {}
     results[name] = (status, seconds, time.time())
-    from . import _panel_model
-    model = _panel_model._MODELS.get(id(manager))
+    panel_model = sys.modules.get(__package__ + "._panel_model")  # no panel opened: no model
+    model = panel_model and panel_model._MODELS.get(id(manager))
     if model is not None and hasattr(model, "record_result"):
         model.record_result(name, status, seconds)
