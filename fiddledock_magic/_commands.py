@@ -8,6 +8,7 @@ a bad subcommand or value is a short ``UsageError``.
 import difflib
 import html
 import shlex
+import sys
 import textwrap
 
 from IPython.core.error import UsageError
@@ -44,8 +45,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.add_parser("help", help="Show this help.", add_help=False)
     sub.add_parser("list", help="Show the instances of this notebook.", add_help=False)
-    create = sub.add_parser("create", help="Create an instance.", add_help=False)
-    create.add_argument("name")
+    create = sub.add_parser("create", help="Create an instance; several names create several "
+                                           "at once, with these settings.", add_help=False)
+    create.add_argument("name", nargs="+")
     create.add_argument("--image", help="Image (default: DockerRun.image).")
     create.add_argument("--memory", help="Memory limit, e.g. 512m or 1g (no extra swap).")
     create.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 1 or 0.5.")
@@ -148,7 +150,8 @@ def _synopsis(parser, command):
     for action in parser._actions:
         if not action.option_strings:
             word = (action.metavar or action.dest).upper()
-            words.append("[%s]" % word if action.nargs == "?" else word)
+            words.append("[%s]" % word if action.nargs == "?" else
+                         word + "..." if action.nargs == "+" else word)
             continue
         flag = action.option_strings[0]
         if action.nargs == 0:
@@ -202,9 +205,11 @@ class LineCommands:
 
     def help_text(self):
         """Every subcommand with its options and an example."""
-        out = ["%%dockerrun [NAME] [--timeout SECONDS] [--image IMAGE] [--reset] [--no-raise]",
+        out = ["%%dockerrun [NAME...] [--timeout SECONDS] [--image IMAGE] [--reset] [--no-raise]",
                "    (first line of a cell) Run the cell in instance NAME, created on first "
                "use.",
+               "    Several names, a pattern (student*) or a list ({students}) run it in each "
+               "at once.",
                "    e.g. %%dockerrun alice --timeout 30", "",
                "%dockerrun SUBCOMMAND: manage this notebook's instances.", ""]
         for action in self.parser._actions:
@@ -241,7 +246,10 @@ class LineCommands:
 
     def cmd_create(self, args):
         c = self.manager.config
-        check_name(args.name)
+        names = [check_name(name) for name in args.name]  # every name checked before any is made
+        twice = sorted(set(n for n in names if names.count(n) > 1))
+        if twice:
+            raise UsageError("create names each instance once: %s given twice" % ", ".join(twice))
         env = {}
         for item in args.env:
             key, sep, value = item.partition("=")
@@ -252,12 +260,16 @@ class LineCommands:
             c, image=args.image, memory=args.memory, cpus=args.cpus, pids=args.pids,
             disk=args.disk, network=args.network, runtime=args.runtime, env=env).validate()
         try:
-            self.manager.create(args.name, spec, progress=print)
+            if len(names) > 1:
+                from ._multirun import create_many
+                create_many(self.manager, names, spec, print, _print_error)
+                return
+            self.manager.create(names[0], spec, progress=print)
         except ImageNotFound as exc:
             raise UsageError("image %r is not on the Docker engine; use an image it has "
                              "(build or pull it first), or leave out --image for the default "
                              "%r" % (exc.image, c.image)) from None
-        print("created instance %r" % args.name)
+        print("created instance %r" % names[0])
 
     def cmd_delete(self, args):
         if args.all and args.name:
@@ -340,3 +352,7 @@ def _whose(cell, verb):
     return "; %s the cell of %s%s" % (verb, plain_text(cell.get("owner")) or "another kernel",
                                        since)
 
+
+def _print_error(text):
+    sys.stderr.write("\x1b[0;31m%s\x1b[0m\n" % text)
+    sys.stderr.flush()

@@ -50,6 +50,8 @@ class DockerRun(Configurable):
     transfer_limit = CUnicode("100m", help="Largest archive %dockerrun put / get moves (file contents plus 512 bytes per entry), e.g. 100m or 1g.").tag(config=True)
     pool_size = CInt(0, help="Instances with these settings kept started in the background, so a "
                              "new one is ready at once (same as %dockerrun pool N); 0 = no pool.").tag(config=True)
+    parallel = CInt(8, help="Instances a cell on several instances (%%dockerrun a b c) or "
+                            "%dockerrun create a b c works on at once.").tag(config=True)
     default_instance = Unicode("default", help="Instance a bare %%dockerrun uses.").tag(config=True)
     scope = Unicode(help="What instance names are scoped to; default: the notebook's path "
                          "(JPY_SESSION_NAME), else the working folder.").tag(config=True)
@@ -103,6 +105,12 @@ class DockerRun(Configurable):
         if not 0 <= value <= most:
             raise TraitError("%s must be from 0 to %d, not %r" % (name, most, value))
         return value
+
+    @validate("parallel")
+    def _at_least_one(self, proposal):
+        if proposal["value"] < 1:
+            raise TraitError("parallel must be 1 or more, not %r" % proposal["value"])
+        return proposal["value"]
 
     @validate("default_instance")
     def _valid_name(self, proposal):

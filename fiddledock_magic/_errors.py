@@ -202,6 +202,20 @@ class CellTimeout(CellKilled):
         return self.traceback_lines + super()._render_traceback_()
 
 
+class InstancesFailed(FiddleDockError):
+    """A command on several instances failed on some of them; ``failed``: their names.
+
+    Each failure was shown under its own instance already: the message is the summary.
+    """
+
+    def __init__(self, failed, summary):
+        self.failed = list(failed)
+        super().__init__(summary)
+
+    def _render_traceback_(self):
+        return ["\x1b[0;31m%s\x1b[0m" % self]
+
+
 class TransferError(FiddleDockError):
     """``%dockerrun put`` / ``get`` could not copy the files (the message says why)."""
 

@@ -5,40 +5,54 @@ IPython's ``magic_arguments``, so ``%%dockerrun?`` prints real help and a bad
 argument is a ``UsageError``.
 """
 
+import ast
+import fnmatch
 import math
+import re
+import shlex
 import sys
+import time
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from . import _traceback
 from ._commands import LineCommands, parse_words, split_line
-from ._errors import (CellEnded, CellError, CellKilled, CellTimeout, FiddleDockError,
-                      InstanceLost)
+from ._errors import FiddleDockError, InstanceLost
+from ._outcome import cell_outcome, lost_error, record_result
 from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
 
 
-def remote_traceback(error, instance, shell):
-    """The lines of a container's traceback, drawn as a local cell's."""
-    frames = error.get("frames")
-    if frames is None:  # an agent that sends text only
-        lines = list(error.get("traceback") or [])
-        if lines:
-            lines[-1] = "\x1b[0;31m%s\x1b[0m" % lines[-1]
-        return lines
-    return _traceback.render(error.get("ename") or "Error", error.get("evalue") or "", frames,
-                             instance, shell)
+# What IPython makes of {students} or $students in a magic's line when the
+# variable holds a list of names: "['alice', 'bob']" (a tuple or set alike).
+_LITERAL = re.compile(r"[\[({][^\])}]*[\])}]")
 
 
-def remote_error(error, instance, shell):
-    """A CellError whose class name is the container exception's name."""
-    ename = str(error.get("ename") or "Error")
-    if not ename.isidentifier():
-        ename = "Error"
-    cls = type(ename, (CellError,), {"__module__": "fiddledock.container"})
-    return cls(ename, error.get("evalue", ""), remote_traceback(error, instance, shell))
+def expand_lists(line):
+    """``(line, listed)``: line with each Python list of names in it as those names,
+    space-separated; listed: whether there was one."""
+    listed = []
+
+    def names(match):
+        try:
+            value = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return match.group(0)
+        if not isinstance(value, (list, tuple, set, frozenset)) or \
+                not all(isinstance(v, str) for v in value):
+            return match.group(0)
+        if not value:
+            raise UsageError("the list of instance names is empty")
+        listed.append(True)
+        return " ".join(shlex.quote(v) for v in (value if isinstance(value, (list, tuple))
+                                                 else sorted(value)))
+    line = _LITERAL.sub(names, line)
+    return line, bool(listed)
+
+
+def is_pattern(word):
+    return "*" in word or "?" in word
 
 
 @magics_class
@@ -53,9 +67,10 @@ class DockerRunMagics(Magics):
         return self.manager.config
 
     @magic_arguments("%dockerrun")  # usage reads "%%dockerrun": the options are the cell's
-    @argument("name", nargs="?", default=None,
-              help="Instance to run in (default: the current default instance). "
-                   "Created on first use.")
+    @argument("names", nargs="*", metavar="NAME",
+              help="Instance to run in (default: the current default instance), created on "
+                   "first use. Several names, a pattern (student*: this notebook's instances "
+                   "that match) or a list variable ({students}) run the cell in each, at once.")
     @argument("--timeout", type=float, default=None, metavar="SECONDS",
               help="Wall-clock limit for this cell (default: DockerRun.timeout).")
     @argument("--image", default=None,
@@ -76,25 +91,60 @@ class DockerRunMagics(Magics):
             return self._line(line)
         # Split as the line magic does (quotes removed, unbalanced ones a UsageError);
         # parse_argstring would keep the quotes in the values.
+        line, listed = expand_lists(line)
         args = parse_words(self.dockerrun.parser, split_line(line))
-        try:
-            name = check_name(args.name or self.config_obj.default_instance)
-        except InvalidSetting as exc:
-            raise UsageError(str(exc)) from None
         timeout = self.config_obj.timeout if args.timeout is None else args.timeout
         if not math.isfinite(timeout) or timeout < 0:
             raise UsageError("--timeout must be 0 (no limit) or a positive number of seconds")
+        if len(args.names) > 1 or any(is_pattern(word) for word in args.names) \
+                or listed:
+            return self._run_many(self._names(args.names), cell, timeout, args)
+        try:
+            name = check_name(args.names[0] if args.names else self.config_obj.default_instance)
+        except InvalidSetting as exc:
+            raise UsageError(str(exc)) from None
         return self._run(name, cell, timeout, args)
+
+    def _names(self, words):
+        """The instances words name: names, and patterns matched against this
+        notebook's instances; each once, in order. UsageError for a bad one."""
+        names, known = [], None
+        for word in words:
+            if is_pattern(word):
+                known = self.manager.names() if known is None else known
+                matched = fnmatch.filter(known, word)
+                if not matched:
+                    raise UsageError("no instance of this notebook matches %r (it has: %s)"
+                                     % (word, ", ".join(known) or "none yet"))
+            else:
+                try:
+                    matched = [check_name(word)]
+                except InvalidSetting as exc:
+                    raise UsageError(str(exc)) from None
+            names.extend(n for n in matched if n not in names)
+        return names
+
+    def _run_many(self, names, cell, timeout, args):
+        from ._multirun import ManyRun
+        run = ManyRun(self.manager, self.shell, names, cell, timeout, image=args.image,
+                      reset=args.reset, cell_name=self._cell_name())
+        try:
+            summary = run.run()
+        except FiddleDockError as exc:
+            return self._fail(exc, args.no_raise)
+        print(summary)
+        return None
 
     def _line(self, line):
         try:
-            return self.commands.run(line)
+            return self.commands.run(expand_lists(line)[0])  # create {students}
         except InvalidSetting as exc:
             raise UsageError(str(exc)) from None
 
     def _run(self, name, cell, timeout, args):
         renderer = CellRenderer(self.shell)
         instance = None
+        started = time.monotonic()
         try:
             instance = self.manager.get(name, image=args.image, notice=renderer.notice,
                                         progress=renderer.progress)
@@ -105,37 +155,25 @@ class DockerRunMagics(Magics):
                                     interrupt_grace=self.config_obj.interrupt_grace)
         except InstanceLost as exc:  # the container stopped under the cell
             renderer.finish()
-            ended_by = instance and instance.ended_by
-            if ended_by:  # restarted or deleted (from the panel, say) while it ran
-                return self._fail(CellEnded(exc.name, ended_by), args.no_raise)
-            return self._fail(InstanceLost(exc.name, "%s; the next cell restarts it, with a fresh "
-                                           "state" % exc.reason), args.no_raise)
+            self._record(name, "error", started)
+            return self._fail(lost_error(exc, instance and instance.ended_by), args.no_raise)
         except FiddleDockError as exc:
             renderer.finish()
+            self._record(name, "error", started)
             return self._fail(exc, args.no_raise)
         finally:
             renderer.finish()
         ended_by, instance.ended_by = instance.ended_by, None
-        status = done.get("status")
-        if status == "ok":
-            return renderer.value
-        if done.get("notice"):
+        if done.get("status") != "ok" and done.get("notice"):
             renderer.notice(done["notice"])
-        reason = done.get("reason")
-        if status in ("error", "interrupted"):
-            error = remote_error(done.get("error") or {"ename": "KeyboardInterrupt"},
-                                 instance.name, self.shell)
-        elif status == "timeout":  # KeyboardInterrupt stopped it: show where it was
-            error = CellTimeout(
-                reason or "timed out after %g s and was stopped; its variables are kept" % timeout,
-                remote_traceback(done.get("error") or {}, instance.name, self.shell))
-        elif ended_by and status == "killed":  # reset (from the panel, say) while it ran
-            error = CellEnded(instance.name, ended_by)
-        else:  # the worker died or was killed: say why, and that the state is gone
-            cls = CellTimeout if done.get("cause") == "timeout" else CellKilled
-            error = cls("the cell %s; its namespace was lost and the next cell runs in a "
-                        "fresh worker" % (reason or "died"))
+        status, error = cell_outcome(done, instance.name, timeout, ended_by, self.shell)
+        self._record(name, status, started)
+        if error is None:
+            return renderer.value
         return self._fail(error, args.no_raise)
+
+    def _record(self, name, status, started):
+        record_result(self.manager, name, status, time.monotonic() - started)
 
     def _cell_name(self):
         """The running cell's name as IPython's own tracebacks give it ("In[5]")."""

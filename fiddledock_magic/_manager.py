@@ -147,6 +147,7 @@ class InstanceManager:
         self.instances = {}  # name -> Instance, connected in this kernel
         self.deleted = {}  # name -> how it was deleted, for the cell that makes it anew
         self._changes = threading.RLock()  # see _serialized
+        self._creating = set()  # names whose container is being started (see create)
         self.pool = Pool(self.backend, _PoolLauncher(config))
         config.capacity_check = self.check_capacity
         if config.pool_size:
@@ -220,25 +221,33 @@ class InstanceManager:
         self.instances[name] = inst
         return inst
 
-    @_serialized
     def create(self, name, spec, progress=lambda line: None, _absent=False):
         """A new instance from spec; an error if one of that name exists.
 
         A ready container from the pool is used when its settings match.
+        Several creates run side by side: only the checks and the bookkeeping
+        hold the lock, not the container's start and boot.
         """
         check_name(name)
         spec.validate()
         check_runtime(self.backend, spec.runtime)
         self.check_capacity(spec)
         cname = container_name(name, self.scope)
-        if not _absent and self.backend.inspect(cname) is not None:
-            raise InstanceConflict("instance %r already exists" % name)
-        inst = self.pool.take(pool_key(self.config, spec), name, cname)
-        if inst is None:
-            self._ensure_image(spec.image, progress)
-            inst = self.start_container(cname, name, spec, self.labels(name))
-        self.instances[name] = inst
-        self.deleted.pop(name, None)
+        with self._changes:
+            if name in self._creating or (not _absent and self.backend.inspect(cname) is not None):
+                raise InstanceConflict("instance %r already exists" % name)
+            inst = self.pool.take(pool_key(self.config, spec), name, cname)
+            if inst is None:
+                self._ensure_image(spec.image, progress)
+            self._creating.add(name)
+        try:
+            if inst is None:
+                inst = self.start_container(cname, name, spec, self.labels(name))
+            with self._changes:
+                self.instances[name] = inst
+                self.deleted.pop(name, None)
+        finally:
+            self._creating.discard(name)
         return inst
 
     def start_container(self, cname, name, spec, labels):

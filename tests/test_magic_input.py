@@ -177,7 +177,7 @@ NUMBERS = ["nan", "NaN", "inf", "-inf", "-1", "0", "-0", "1e999", "-1e999", "0x1
 # Names no instance may have (the name check refuses them before the engine is asked).
 # Words typed in the line stay short: IPython's {}-expansion of the line is slow
 # on long lines (5 s for 10000 characters); a huge word comes from {fuzz_huge}.
-BAD_NAMES = ["bad/name", "-x", ".x", "_x", "a" * 64, "x" * 1000, "a b", "a:b", "{}", "{1/0}",
+BAD_NAMES = ["bad/name", "-x", ".x", "_x", "a" * 64, "x" * 1000, "'a b'", "a:b", "{}", "{1/0}",
              "$fuzz_huge", "{fuzz_huge}", "{fuzz_quote}"] + WEIRD + META
 BAD_IMAGES = ["'no such image'", "UPPER", "a:b:c:d", "'$(id)'", "';rm -rf /'",
               "fiddledock-no-such-image:404", "{fuzz_huge}", "x" * 300]
@@ -211,7 +211,8 @@ def _defect(rng):
         lambda: "--" + rng.choice(["zz-unknown", "memory 1g", "cpus 1", "all", "é"]),
         lambda: "'unbalanced",
         lambda: '"%s' % rng.choice(META),
-        lambda: "%s %s" % (rng.choice(["ok1", "ok2"]), rng.choice(["extra", "more"])),
+        # several names are several instances: one bad name among them spoils the line
+        lambda: "%s %s" % (rng.choice(["ok1", "ok2"]), rng.choice(["extra!", "more/"])),
     ])()
 
 

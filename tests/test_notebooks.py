@@ -249,6 +249,14 @@ def test_04_classroom(execute):
     students = ran.value("students")
     assert students == ["ada", "grace", "linus", "margaret"]
     assert ran.text("submit").count("submission loaded") == len(students)
+    # One cell for the whole class: a section per student, in order, and the summary.
+    sections = [d["text/plain"] for d in ran.data("class")]
+    assert [s.split(":")[0] for s in sections] == ["--- %s" % n for n in students], sections
+    assert "average([]) = 0" in sections[0] and "timed out" in sections[3]
+    assert "timed out after 3 s" in sections[3] and "(instance margaret)" in sections[3]
+    assert re.fullmatch(r"4 instances: ok: ada \(\d+\.\d s\), grace \(\d+\.\d s\), "
+                        r"linus \(\d+\.\d s\); timed out: margaret \(\d+\.\d s\)\n",
+                        ran.text("class", "stderr")), ran.text("class", "stderr")
     # One result per student, gathered back from each student's own instance.
     assert ran.value("check") == {"ada": 4, "grace": 4, "linus": 3,
                                   "margaret": "no answer (timed out)"}

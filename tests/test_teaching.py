@@ -96,10 +96,10 @@ def test_a_cell_that_creates_its_instance_says_so_once(kernel):
 def test_help_lists_each_subcommand_with_its_options_and_an_example(kernel):
     reply, _, _, text = cell(kernel, "%dockerrun help")
     ok(reply)
-    assert text.startswith("%%dockerrun [NAME] [--timeout SECONDS]")
+    assert text.startswith("%%dockerrun [NAME...] [--timeout SECONDS]")
     assert "::" not in text and "%%dockerrun SUBCOMMAND" not in text
     assert "%dockerrun SUBCOMMAND: manage this notebook's instances." in text
-    create = text.split("%dockerrun create NAME [options]\n", 1)[1].split("\n\n", 1)[0]
+    create = text.split("%dockerrun create NAME... [options]\n", 1)[1].split("\n\n", 1)[0]
     assert "    --memory MEMORY        Memory limit" in create
     assert "    e.g. %dockerrun create alice --memory 1g --cpus 0.5" in create
     for sub in ("list", "delete", "restart", "reset", "interrupt", "use", "cleanup", "pool",
