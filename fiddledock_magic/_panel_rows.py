@@ -120,8 +120,8 @@ def header(select_all):
 
 
 def _unbroken(text):
-    """Escaped, with its spaces kept from breaking the line."""
-    return esc(text).replace(" ", "&nbsp;")
+    """Escaped, in one piece: the line breaks around it, not inside."""
+    return "<span style='white-space:nowrap'>%s</span>" % esc(text)
 
 
 def format_memory_cell(row):
@@ -138,10 +138,9 @@ def format_result(result):
         datetime.timedelta(seconds=seconds))
     when = datetime.datetime.fromtimestamp(result["at"]).strftime("%H:%M:%S")
     return ("<div style='%s' title='the last cell ended at %s after %s'>"
-            "<span style='color:%s'>&#9679;&nbsp;%s</span> %s "
-            "<span style='color:#616161'>at&nbsp;%s</span></div>"
+            "<span style='color:%s'>%s</span> %s <span style='color:#616161'>%s</span></div>"
             % (_WRAP, when, took, RESULT_COLORS.get(result["status"], "#000"),
-               esc(result["status"]), _unbroken(took), when))
+               _unbroken("\u25cf " + result["status"]), _unbroken(took), _unbroken("at " + when)))
 
 
 class InstanceRow(widgets.GridBox):
@@ -210,8 +209,8 @@ class InstanceRow(widgets.GridBox):
                    "&#9733; default</span>" % name
         image = esc(row.image or "-")
         title = esc(row.note) if row.note else ""
-        status = "<span style='color:%s' title='%s'>&#9679;&nbsp;%s</span>" % (
-            STATUS_COLORS.get(row.status, "#000"), title, esc(row.status))
+        status = "<span style='color:%s' title='%s'>%s</span>" % (
+            STATUS_COLORS.get(row.status, "#000"), title, _unbroken("\u25cf " + row.status))
         values = ("<div style='%s'>%s</div>" % (_WRAP, name),
                   "<div style='%s' title='%s'>%s</div>" % (_CLIP, image, image),
                   "<div style='%s'>%s</div>" % (_WRAP, status),
