@@ -137,8 +137,7 @@ class InstancePanel(widgets.VBox):
         super().__init__([top, self.grid, self.empty, self.bulk, form, self.field_errors,
                           self.activity, self.message],
                          layout=widgets.Layout(border="1px solid #bdbdbd", padding="8px 12px",
-                                               width="100%", max_width="1250px",
-                                               overflow="hidden"))
+                                               width="100%", max_width="1250px"))
         self.add_class("fd-panel")
         model.observe(self._draw_rows, ["statuses", "default_instance", "confirming",
                                         "activities", "refreshed_at", "selected", "menu",

@@ -101,9 +101,11 @@ def subgrid(children, cls):
 
 def table(head, rows):
     """The grid itself: ``head`` and ``rows`` (a box of rows) span all its columns."""
+    # Narrower than every column's minimum (about 560 px), the table scrolls sideways as
+    # one, its columns still aligned.
     box = widgets.GridBox([head, rows], layout=widgets.Layout(
         grid_template_columns=" ".join(width for _, width in COLUMNS), width="100%",
-        overflow="visible"))
+        overflow="auto hidden"))
     box.add_class("fd-table")
     return box
 
