@@ -11,31 +11,12 @@ px: two rows ticked, delete asks once, naming how many; yes removes both
 rows and both containers; reset on the last selected row works too.
 """
 
-import re
-import uuid
-
-import pytest
-
 from browser import Notebook
-from conftest import _remove_scope
+from test_browser_panel import ROW_TIMEOUT, notebook, row  # noqa: F401 (notebook: a fixture)
 
-ROW_TIMEOUT = 60_000  # ms; see test_browser_panel.py
 NAMES = ("alice-with-a-rather-long-name", "bob", "carol-in-group-b")
 # The sizes a teacher's window has; at 1100 the file browser is open beside the notebook.
 WIDTHS = ((1400, False), (1100, True), (900, False))
-
-
-@pytest.fixture
-def notebook(lab_server, docker_client):
-    name = "%s/widths.ipynb" % uuid.uuid4().hex[:8]  # a new folder: a new scope
-    yield name
-    _remove_scope(docker_client, str(lab_server.root / name))
-
-
-def row(panel, name):
-    name_cell = panel.page.locator(".fd-name",
-                                   has_text=re.compile(r"^\s*%s(\s|$)" % re.escape(name)))
-    return panel.locator(".fd-row", has=name_cell)
 
 
 def inside(box, outer, slack=1.0):
@@ -110,7 +91,9 @@ def test_panel_fits_900_1100_1400_and_acts_on_selected_rows(lab_server, lab_page
         first.locator("button.fd-menu").click()  # unfold the first row's actions
         expect(first.locator("button.fd-restart")).to_be_visible()
         panel.scroll_into_view_if_needed()
-        page.wait_for_timeout(300)  # the layout after the resize settles (one frame or two)
+        # the layout after the resize: two animation frames later it has been drawn
+        page.evaluate("() => new Promise(r => requestAnimationFrame(() => "
+                      "requestAnimationFrame(r)))")
 
         # Nothing scrolls sideways: not the panel, not the table, not the output area.
         for what, part in (("panel", panel), ("table", panel.locator(".fd-table")),
