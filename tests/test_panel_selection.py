@@ -13,7 +13,6 @@ from conftest import stream_text
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._panel_batch import Batch
 from fiddledock_magic._panel_model import record_result
-from fiddledock_magic._spec import container_name
 from test_panel import container, panel, shown_names, text  # noqa: F401 (panel: a fixture)
 
 
