@@ -15,7 +15,7 @@ import datetime
 
 import ipywidgets as widgets
 
-from ._panel_batch import listed
+from ._panel_batch import cells_ended, counted, listed
 from ._panel_model import FIELDS, model_for, short_error
 from ._panel_rows import (SPAN, InstanceRow, beside_cells, button, esc, header, spinning,
                           table, tick)
@@ -41,10 +41,6 @@ def _drawing(method):
                                  % esc(short_error(exc))
     draw.__name__ = method.__name__
     return draw
-
-
-def _count(names):
-    return "%d instance%s" % (len(names), "" if len(names) == 1 else "s")
 
 
 class InstancePanel(widgets.VBox):
@@ -234,11 +230,10 @@ class InstancePanel(widgets.VBox):
         if action and selected:
             busy = [row.name for row in m.statuses
                     if row.name in selected and row.status == "busy"]
-            what = BULK_QUESTIONS[action] % esc("%s (%s)" % (_count(selected), listed(selected)))
+            what = BULK_QUESTIONS[action] % esc("%s (%s)" % (counted(selected), listed(selected)))
             if busy:
-                what += esc(" The cell%s running in %s %s ended." % (
-                    "" if len(busy) == 1 else "s", listed(busy),
-                    "is" if len(busy) == 1 else "are"))
+                ended = cells_ended(busy)
+                what += esc(" %s%s." % (ended[0].upper(), ended[1:]))
             if self.selected_ask.value != what:
                 self.selected_ask.value = what
             wanted = (self.selected_ask, self.b_selected_yes[action], self.b_selected_no)

@@ -12,6 +12,19 @@ def listed(names, at_most=8):
     return names[0] if len(names) == 1 else "%s and %s" % (", ".join(names[:-1]), names[-1])
 
 
+def counted(names):
+    """'1 instance', '3 instances'."""
+    return "%d instance%s" % (len(names), "" if len(names) == 1 else "s")
+
+
+def cells_ended(names, now=True):
+    """'the cell running in bob is ended' ('was' when not ``now``; more names, more cells)."""
+    one = len(names) == 1
+    verb = ("is" if one else "are") if now else ("was" if one else "were")
+    return "the cell%s running in %s %s ended" % ("" if one else "s", listed(sorted(names)),
+                                                  verb)
+
+
 class Batch(object):
     """One action on several instances (one click): one message when the last is done."""
 
@@ -34,13 +47,10 @@ class Batch(object):
         """``(message, kind)``: what was done, which cells it ended, what failed or waited."""
         parts = []
         if self.done:
-            parts.append("%s %d instance%s: %s" % (
-                PAST[self.action], len(self.done), "" if len(self.done) == 1 else "s",
-                listed(sorted(self.done))))
+            parts.append("%s %s: %s" % (PAST[self.action], counted(self.done),
+                                        listed(sorted(self.done))))
         if self.ended:
-            parts.append("the cell%s running in %s %s ended" % (
-                "" if len(self.ended) == 1 else "s", listed(sorted(self.ended)),
-                "was" if len(self.ended) == 1 else "were"))
+            parts.append(cells_ended(self.ended, now=False))
         parts.extend(self.failed)
         parts.extend("%r not %s: %s" % (name, PAST[self.action], why)
                      for name, why in self.skipped)
