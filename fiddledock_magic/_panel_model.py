@@ -19,6 +19,12 @@ told which action ended it (see ``InstanceManager``). Every trait change goes
 through one lock, so the view's observers (which send widget updates over
 comms, which is thread-safe) never interleave. Nothing in a thread prints:
 outcomes and errors become ``message``; a traceback never reaches a log.
+
+Rows can be ticked (``selected``) to restart, reset or delete several at
+once: one action per instance as above, one message for all (``_panel_batch``).
+``results`` holds each instance's last cell result, recorded by the magics
+through ``record_result``. Even what the view shows open (a row's action
+menu, a question) is a trait here, so every view of the panel agrees.
 """
 
 import threading
@@ -28,11 +34,14 @@ import weakref
 from traitlets import Bool, Dict, Enum, Float, HasTraits, List, Unicode, link
 
 from ._errors import short_error
-from ._spec import InstanceSpec, InvalidSetting, check_name, parse_size
+from ._panel_batch import Batch
+from ._panel_form import FIELDS, check_create_form
+from ._spec import InvalidSetting, check_name
 
 REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
-FIELDS = ("name", "image", "memory", "cpus", "pids", "disk")
+ACTIONS = ("restart", "reset", "delete")  # on one row, or on every selected row at once
 CONFIRMED = ("restart", "delete")  # actions that lose the instance's state ask first
+RESULTS = ("ok", "error", "timeout")  # a cell's last result
 BY = "from the panel"  # who acted, in the message of a cell that an action ended
 
 
@@ -58,6 +67,12 @@ class PanelModel(HasTraits):
     confirming = Dict(help="Instance name -> the action ('restart' or 'delete') that awaits "
                            "confirmation.")
     last_created = Unicode(help="The instance the create form made last.")
+    selected = List(Unicode(), help="The rows ticked to act on several at once, sorted.")
+    confirming_selected = Unicode(help="The action ('restart' or 'delete') on the selected "
+                                       "rows that awaits confirmation; '' if none.")
+    menu = Unicode(help="The row whose action menu is open; '' if none.")
+    results = Dict(help="Instance name -> its last cell's result: {'status': 'ok', 'error' or "
+                        "'timeout', 'seconds': how long it ran, 'at': time.time() at its end}.")
     visible = Bool(False, help="A view is on screen: refresh every `interval` seconds.")
     live = Bool(True, help="Refresh periodically while visible.")
     interval = Float(REFRESH_INTERVAL)
@@ -80,17 +95,21 @@ class PanelModel(HasTraits):
         self._thread = threading.Thread(target=_refresh_loop, args=(weakref.ref(self),),
                                         name="fiddledock-panel-refresh", daemon=True)
         self._thread.start()
-        self._shell = shell
+        self._shell = None
         self._hook = None
         if shell is not None:
-            ref = weakref.ref(self)
+            self._follow_cells(shell)
 
-            def after_cell(*args):
-                model = ref()
-                if model is not None:
-                    model.poke()  # a cell may have created or deleted an instance
-            self._hook = after_cell
-            shell.events.register("post_run_cell", after_cell)
+    def _follow_cells(self, shell):
+        """Refresh after each cell of ``shell`` (it may have created or deleted an instance)."""
+        ref = weakref.ref(self)
+
+        def after_cell(*args):
+            model = ref()
+            if model is not None:
+                model.poke()
+        self._shell, self._hook = shell, after_cell
+        shell.events.register("post_run_cell", after_cell)
 
     # --- state changes (any thread) ------------------------------------------------
     def _set(self, **traits):
@@ -117,7 +136,7 @@ class PanelModel(HasTraits):
     def refresh(self):
         """Rows from the engine now (blocks about a second: stats are sampled)."""
         with self._refresh_lock:
-            generation = self._generation
+            generation, started = self._generation, time.time()
             try:
                 rows = self.manager.statuses()
             except Exception as exc:  # engine gone, etc.: say so in the panel
@@ -135,8 +154,16 @@ class PanelModel(HasTraits):
                                      if row.name in changing and row.name not in names]
                 rows.sort(key=lambda row: row.name)
                 names = {row.name for row in rows}
+                # A result recorded while the engine was read belongs to a row it has
+                # not listed yet: keep it.
+                results = {k: v for k, v in self.results.items()
+                           if k in names or v["at"] >= started}
+                selected = [n for n in self.selected if n in names]
                 self._set(statuses=rows, refreshed_at=time.time(), refresh_error="",
-                          confirming={k: v for k, v in self.confirming.items() if k in names})
+                          confirming={k: v for k, v in self.confirming.items() if k in names},
+                          selected=selected, results=results,
+                          menu=self.menu if self.menu in names else "",
+                          confirming_selected=self.confirming_selected if selected else "")
         return True
 
     def poke(self, force=False):
@@ -166,7 +193,8 @@ class PanelModel(HasTraits):
         """Another notebook's instances: forget the rows, read them again."""
         with self._lock:
             self._generation += 1
-            self._set(statuses=[], refreshed_at=0.0, confirming={})
+            self._set(statuses=[], refreshed_at=0.0, confirming={}, selected=[], results={},
+                      menu="", confirming_selected="")
         self.poke(force=True)
 
     # --- actions -----------------------------------------------------------------
@@ -185,12 +213,13 @@ class PanelModel(HasTraits):
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(thread.is_alive() for thread in threads)
 
-    def _start(self, name, label, work, done):
+    def _start(self, name, label, work, done, batch=None):
         """Run ``work(progress)`` on a thread; the outcome becomes the message.
 
         One action at a time per instance (a second click while the first
         runs is almost always a double click); other instances stay usable.
-        ``work`` may return the outcome's text instead of ``done``.
+        ``work`` may return the outcome's text instead of ``done``. Actions of
+        one ``batch`` (several rows, one click) share one message at the end.
         """
         with self._lock:
             if self.busy(name):
@@ -199,7 +228,7 @@ class PanelModel(HasTraits):
             self._generation += 1
             self._set(activities=_with(self.activities, name, label + "..."),
                       confirming=_without(self.confirming, name), message="", message_kind="")
-            thread = threading.Thread(target=self._run, args=(name, label, work, done),
+            thread = threading.Thread(target=self._run, args=(name, label, work, done, batch),
                                       name="fiddledock-panel-action", daemon=True)
             thread.label, thread.done = label, False
             self._actions[name] = thread
@@ -213,7 +242,7 @@ class PanelModel(HasTraits):
             return True
         return any(row.name == name and row.status == "busy" for row in self.statuses)
 
-    def _run(self, name, label, work, done):
+    def _run(self, name, label, work, done, batch):
         def progress(line):
             with self._lock:
                 if name in self.activities:
@@ -226,6 +255,14 @@ class PanelModel(HasTraits):
         with self._lock:
             self._generation += 1
             threading.current_thread().done = True
+            last = batch is None or batch.finish(name, outcome)
+        if not last:  # the batch's last action refreshes and says how all went
+            with self._lock:
+                self._set(activities=_without(self.activities, name))
+                self._forget(name)
+            return
+        if batch is not None:
+            outcome = batch.summary()
         try:
             self.refresh()
         except Exception as exc:  # e.g. a view that failed to draw: say so, don't raise
@@ -239,51 +276,17 @@ class PanelModel(HasTraits):
             pass  # only a view can fail here, and it shows its own error
         finally:
             with self._lock:
-                if self._actions.get(name) is threading.current_thread():
-                    del self._actions[name]
+                self._forget(name)
+
+    def _forget(self, name):
+        """The action on ``name`` is over (called by its own thread)."""
+        if self._actions.get(name) is threading.current_thread():
+            del self._actions[name]
 
     def validate_create(self, name="", image="", memory="", cpus="", pids="", disk=""):
         """``(spec, errors)``: blank fields take the notebook's defaults (DockerRun)."""
-        c = self.manager.config
-        errors = {}
-        name = (name or "").strip()
-        if not name:
-            errors["name"] = "an instance needs a name"
-        else:
-            try:
-                check_name(name)
-            except InvalidSetting as exc:
-                errors["name"] = str(exc)
-            else:
-                if name in self.names():
-                    errors["name"] = "an instance named %r exists already" % name
-        # A blank field is None: the config's value.
-        values = {"image": (image or "").strip() or None,
-                  "memory": (memory or "").strip() or None,
-                  "disk": (disk or "").strip() or None}
-        cpus, pids = str(cpus or "").strip(), str(pids or "").strip()
-        try:
-            values["cpus"] = float(cpus) if cpus else None
-        except ValueError:
-            errors["cpus"] = "CPUs must be a number like 1 or 0.5, not %r" % cpus
-        try:
-            values["pids"] = int(pids) if pids else None
-        except ValueError:
-            errors["pids"] = "pids must be a whole number like 256, not %r" % pids
-        for field in ("memory", "disk"):
-            try:
-                parse_size(values[field] or getattr(c, field), field)
-            except InvalidSetting as exc:
-                errors[field] = str(exc)
-        if errors:
-            return None, errors
-        try:
-            spec = InstanceSpec.from_config(c, **values).validate()
-        except InvalidSetting as exc:  # limits out of range
-            # A setting the form has no field for (network, say) is shown at the image.
-            errors[exc.field if exc.field in FIELDS else "image"] = str(exc)
-            return None, errors
-        return spec, {}
+        return check_create_form(self.manager.config, self.names(), name=name, image=image,
+                                 memory=memory, cpus=cpus, pids=pids, disk=disk)
 
     def create(self, name="", image="", memory="", cpus="", pids="", disk=""):
         """Validate now (messages in ``field_errors``), then create on a thread."""
@@ -301,33 +304,71 @@ class PanelModel(HasTraits):
         return self._start(name, "creating %r" % name, work, "created instance %r" % name)
 
     # Restart, reset and delete act at once; a cell running in the instance is ended.
-    def _ending(self, name, work, done):
-        """work(progress) whose outcome also says when it ended a running cell."""
-        def run(progress):
+    def _plan(self, action, name):
+        """``(label, act, done)`` of restart, reset or delete on ``name``."""
+        m = self.manager
+        if action == "restart":
+            return ("restarting %r" % name, lambda progress: m.restart(
+                name, progress=progress, by=BY), "restarted %r: a new container, its state "
+                "is lost" % name)
+        if action == "reset":
+            return ("resetting %r" % name, lambda progress: m.reset(name, by=BY),
+                    "reset %r: a fresh namespace in the same container" % name)
+        if action == "delete":
+            def act(progress):
+                m.delete(name, by=BY)
+                with self._lock:  # the row goes at once, not at the next refresh
+                    self._set(statuses=[row for row in self.statuses if row.name != name],
+                              selected=[n for n in self.selected if n != name],
+                              results=_without(self.results, name))
+            return "deleting %r" % name, act, "deleted instance %r and its container" % name
+        raise ValueError("no action %r: only %s" % (action, ", ".join(ACTIONS)))
+
+    def _act(self, action, name, batch=None):
+        """Start ``action`` on ``name``; its outcome also says when it ended a running cell."""
+        label, act, done = self._plan(action, name)
+
+        def work(progress):
             running = self._running_cell(name)
-            work(progress)
+            act(progress)
+            if running and batch is not None:
+                batch.ended.append(name)
             return done + ("; the cell running in it was ended" if running else "")
-        return run
+        return self._start(name, label, work, None, batch)
 
     def restart(self, name):
         """A new container with the same settings (asked first: use ``request``)."""
-        return self._start(name, "restarting %r" % name, self._ending(
-            name, lambda progress: self.manager.restart(name, progress=progress, by=BY),
-            "restarted %r: a new container, its state is lost" % name), None)
+        return self._act("restart", name)
 
     def reset(self, name):
-        return self._start(name, "resetting %r" % name, self._ending(
-            name, lambda progress: self.manager.reset(name, by=BY),
-            "reset %r: a fresh namespace in the same container" % name), None)
+        return self._act("reset", name)
 
     def delete(self, name):
         """Remove the instance and its container (asked first: use ``request``)."""
-        def work(progress):
-            self.manager.delete(name, by=BY)
-            with self._lock:  # the row goes at once, not at the next refresh
-                self.statuses = [row for row in self.statuses if row.name != name]
-        return self._start(name, "deleting %r" % name, self._ending(
-            name, work, "deleted instance %r and its container" % name), None)
+        return self._act("delete", name)
+
+    def act_on(self, action, names):
+        """Restart, reset or delete every instance in ``names`` (no question asked).
+
+        Each row shows its own progress; one message sums up when the last is
+        done. An instance with an action under way already is skipped.
+        """
+        self._plan(action, "")  # an unknown action fails here, before anything starts
+        names = sorted(set(names))
+        if not names:
+            self._say("no instances selected", "error")
+            return None
+        with self._lock:
+            skipped = [(name, "wait until %s has finished" % self._actions[name].label)
+                       for name in names if self.busy(name)]
+            batch = Batch(action, [name for name in names
+                                    if name not in dict(skipped)], skipped)
+            if not batch.pending:
+                self._say(*batch.summary())
+                return batch
+            for name in sorted(batch.pending):
+                self._act(action, name, batch)
+        return batch
 
     def request(self, action, name):
         """First click on restart or delete: that row asks for confirmation."""
@@ -358,6 +399,60 @@ class PanelModel(HasTraits):
         self._set(default_instance=name)  # the link sets DockerRun.default_instance
         self._say("default instance is now %r: a bare %%%%dockerrun runs there" % name)
 
+    # --- several rows at once ------------------------------------------------------
+    def select(self, name, on=True):
+        """Tick (or untick) a row; acting on the selection acts on every ticked row."""
+        with self._lock:
+            names = set(self.selected) | {name} if on else set(self.selected) - {name}
+            if name not in self.names():
+                names.discard(name)
+            self._set(selected=sorted(names))
+            if not self.selected:
+                self._set(confirming_selected="")
+
+    def select_all(self, on=True):
+        with self._lock:
+            self._set(selected=sorted(self.names()) if on else [])
+            if not self.selected:
+                self._set(confirming_selected="")
+
+    def act_on_selected(self, action):
+        """Reset acts at once; restart and delete ask first (``confirm_selected``)."""
+        self._plan(action, "")  # an unknown action fails here
+        if not self.selected:
+            self._say("no instances selected: tick the rows to act on", "error")
+            return None
+        if action in CONFIRMED:
+            self._set(confirming_selected=action, message="", message_kind="")
+            return None
+        return self.act_on(action, self.selected)
+
+    def confirm_selected(self):
+        """The selection's "yes": the action it asked about, on the rows ticked now."""
+        with self._lock:
+            action, names = self.confirming_selected, list(self.selected)
+            self._set(confirming_selected="")
+        return self.act_on(action, names) if action else None
+
+    def cancel_selected(self):
+        self._set(confirming_selected="")
+
+    # --- the view's own state ------------------------------------------------------
+    def toggle_menu(self, name):
+        """Open a row's action menu (closing any other), or close it if open."""
+        with self._lock:
+            self._set(menu="" if self.menu == name else name)
+
+    # --- the last cell of each instance --------------------------------------------
+    def record_result(self, name, status, seconds):
+        """The instance's last cell ended now with ``status`` after ``seconds``."""
+        if status not in RESULTS:
+            raise ValueError("a cell's result is one of %s, not %r" % (", ".join(RESULTS),
+                                                                      status))
+        result = {"status": status, "seconds": max(0.0, float(seconds)), "at": time.time()}
+        with self._lock:
+            self._set(results=_with(self.results, name, result))
+
 
 def _refresh_loop(ref):
     """The background refresher; holds the model only weakly so it can go away."""
@@ -386,7 +481,15 @@ def model_for(manager, shell=None):
     if model is None or model.manager is not manager or model._closed.is_set():
         model = PanelModel(manager, shell=shell)
         _MODELS[id(manager)] = model
+    elif shell is not None and model._shell is None:
+        model._follow_cells(shell)
     return model
+
+
+def record_result(manager, name, status, seconds):
+    """A cell in instance ``name`` ended with ``status`` ('ok', 'error' or 'timeout') after
+    ``seconds``: the panel's last-result column shows it."""
+    model_for(manager).record_result(name, status, seconds)
 
 
 def close_model_of(manager):

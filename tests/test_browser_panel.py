@@ -2,16 +2,16 @@
 
 A notebook runs a %%dockerrun cell (its first lines must show beneath the
 cell while it still runs), then `%dockerrun panel`. In the panel the
-instance has its row; "make default" marks it; the create form makes a
-second instance, whose row appears; delete asks for confirmation, then the
-row goes and so does the container (checked through the Docker API), and
-`%dockerrun list` no longer shows it. Then a long cell runs in the first
-instance and restart is clicked meanwhile (JupyterLab sends widget clicks
-over a kernel subshell, beside the running cell): it asks first, saying the
-running cell is ended; cancel changes nothing; yes ends the cell at once with
-a message that names the restart. Screenshots go to the test's tmp_path;
-with FIDDLEDOCK_SCREENSHOT=path set, the one after the create is also saved
-there (that is how docs/screenshot.png is made).
+instance has its row; "make default" (in the row's "⋯" menu) marks it; the
+create form makes a second instance, whose row appears; delete asks for
+confirmation, then the row goes and so does the container (checked through
+the Docker API), and `%dockerrun list` no longer shows it. Then a long cell
+runs in the first instance and restart is clicked meanwhile (JupyterLab
+sends widget clicks over a kernel subshell, beside the running cell): it
+asks first, saying the running cell is ended; cancel changes nothing; yes
+ends the cell at once with a message that names the restart. Screenshots go
+to the test's tmp_path; with FIDDLEDOCK_SCREENSHOT=path set, the one after
+the create is also saved there (that is how docs/screenshot.png is made).
 """
 
 import os
@@ -100,7 +100,8 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
     panel.scroll_into_view_if_needed()
     nb.screenshot(tmp_path / "02-panel.png")
 
-    # Make default: instant, marked in the row and the header.
+    # Make default, in the row's menu: instant, marked in the row and the header.
+    alice.locator("button.fd-menu").click()
     alice.locator("button.fd-make-default").click()
     expect(alice.locator(".fd-default")).to_be_visible(timeout=ROW_TIMEOUT)
     expect(panel.locator(".fd-default-label")).to_contain_text("default instance: %s" % first,
@@ -127,6 +128,8 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
                                                   box["y"] + box["height"] + 16)})
 
     # Delete asks first; confirming removes the row and the container.
+    bob.locator("button.fd-menu").click()  # one menu open at a time: alice's folds
+    expect(alice.locator("button.fd-make-default")).to_be_hidden()
     bob.locator("button.fd-delete").click()
     expect(bob.locator(".fd-confirm-text")).to_contain_text("Delete %s" % second,
                                                             timeout=ROW_TIMEOUT)
@@ -154,6 +157,7 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
     expect(nb.output(4)).to_contain_text("started", timeout=ROW_TIMEOUT)
     expect(alice.locator(".fd-status")).to_contain_text("busy", timeout=ROW_TIMEOUT)
     panel.scroll_into_view_if_needed()
+    alice.locator("button.fd-menu").click()
     alice.locator("button.fd-restart").click()
     expect(alice.locator(".fd-confirm-text")).to_have_text(
         "Restart %s? It gets a new container: its variables and files are lost. "
