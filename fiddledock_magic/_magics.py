@@ -19,7 +19,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ._commands import LineCommands, parse_words, split_line
 from ._errors import FiddleDockError, InstanceLost
-from ._outcome import cell_outcome, lost_error, record_result
+from ._outcome import cell_outcome, lost_error
+from ._panel_model import record_result
 from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
 

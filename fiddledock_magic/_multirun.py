@@ -23,7 +23,8 @@ import time
 
 from ._errors import FiddleDockError, InstanceConflict, InstanceLost, InstancesFailed
 from ._instance import CellHandler
-from ._outcome import cell_outcome, lost_error, record_result
+from ._outcome import cell_outcome, lost_error
+from ._panel_model import record_result
 from ._render import _can_ask
 from ._sections import STATE_WORDS, Sections
 

@@ -5,8 +5,6 @@ so both name a failure alike. Statuses are the ones a cell's last result is
 recorded with: ``ok``, ``error``, ``timeout``, ``interrupted``.
 """
 
-import sys
-import time
 
 from . import _traceback
 from ._errors import CellEnded, CellError, CellKilled, CellTimeout, InstanceLost
@@ -63,16 +61,3 @@ def lost_error(exc, ended_by):
     if ended_by:  # restarted or deleted (from the panel, say) while it ran
         return CellEnded(exc.name, ended_by)
     return InstanceLost(exc.name, "%s; the next cell restarts it, with a fresh state" % exc.reason)
-
-
-def record_result(manager, name, status, seconds):
-    """Keep an instance's last result, ``(status, seconds, finished_at)``, in
-    ``manager.last_results`` and tell the panel model when one is open."""
-    results = getattr(manager, "last_results", None)
-    if results is None:
-        results = manager.last_results = {}
-    results[name] = (status, seconds, time.time())
-    panel_model = sys.modules.get(__package__ + "._panel_model")  # no panel opened: no model
-    model = panel_model and panel_model._MODELS.get(id(manager))
-    if model is not None and hasattr(model, "record_result"):
-        model.record_result(name, status, seconds)

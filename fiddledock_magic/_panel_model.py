@@ -41,7 +41,7 @@ from ._spec import InvalidSetting, check_name
 REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
 ACTIONS = ("restart", "reset", "delete")  # on one row, or on every selected row at once
 CONFIRMED = ("restart", "delete")  # actions that lose the instance's state ask first
-RESULTS = ("ok", "error", "timeout")  # a cell's last result
+RESULTS = ("ok", "error", "timeout", "interrupted")  # a cell's last result
 BY = "from the panel"  # who acted, in the message of a cell that an action ended
 
 
@@ -71,8 +71,8 @@ class PanelModel(HasTraits):
     confirming_selected = Unicode(help="The action ('restart' or 'delete') on the selected "
                                        "rows that awaits confirmation; '' if none.")
     menu = Unicode(help="The row whose action menu is open; '' if none.")
-    results = Dict(help="Instance name -> its last cell's result: {'status': 'ok', 'error' or "
-                        "'timeout', 'seconds': how long it ran, 'at': time.time() at its end}.")
+    results = Dict(help="Instance name -> its last cell's result: {'status': one of RESULTS, "
+                        "'seconds': how long it ran, 'at': time.time() at its end}.")
     visible = Bool(False, help="A view is on screen: refresh every `interval` seconds.")
     live = Bool(True, help="Refresh periodically while visible.")
     interval = Float(REFRESH_INTERVAL)
@@ -487,8 +487,8 @@ def model_for(manager, shell=None):
 
 
 def record_result(manager, name, status, seconds):
-    """A cell in instance ``name`` ended with ``status`` ('ok', 'error' or 'timeout') after
-    ``seconds``: the panel's last-result column shows it."""
+    """A cell in instance ``name`` ended with ``status`` (one of RESULTS) after ``seconds``:
+    the panel's last-result column shows it (in a panel opened later too)."""
     model_for(manager).record_result(name, status, seconds)
 
 

@@ -24,7 +24,8 @@ COLUMNS = (("", "26px"), ("name", "minmax(70px, 1.5fr)"), ("image", "minmax(56px
            ("last result", "minmax(82px, 1.2fr)"), ("", "auto"))
 STATUS_COLORS = {"idle": "#2e7d32", "running": "#1565c0", "busy": "#ef6c00",
                  "stopped": "#757575", "dead": "#c62828"}
-RESULT_COLORS = {"ok": "#2e7d32", "error": "#c62828", "timeout": "#ef6c00"}
+RESULT_COLORS = {"ok": "#2e7d32", "error": "#c62828", "timeout": "#ef6c00",
+                 "interrupted": "#6d4c41"}
 QUESTIONS = {"restart": "Restart <b>%s</b>? It gets a new container: its variables and files "
                         "are lost.",
              "delete": "Delete <b>%s</b>? Its state is lost."}

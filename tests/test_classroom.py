@@ -87,7 +87,9 @@ def test_each_instance_under_its_header_and_one_summary_line(kernel):
     # the last results the panel shows
     reply, msgs = kernel.execute(
         "from fiddledock_magic._extension import manager_of\n"
-        "print(sorted((n, r[0]) for n, r in manager_of(get_ipython()).last_results.items()))")
+        "from fiddledock_magic._panel_model import model_for\n"
+        "print(sorted((n, r['status']) for n, r in model_for(manager_of(get_ipython()))"
+        ".results.items()))")
     assert stream_text(msgs).strip() == "[('alice', 'ok'), ('bob', 'ok'), ('carol', 'ok')]"
 
 

@@ -148,7 +148,7 @@ def test_last_result_column(shell, panel, unique_name, own_scope, monkeypatch):
     assert re.fullmatch(r"\u25cf timeout 1m 01s at \d\d:\d\d:\d\d", text(panel.rows[b].result))
     record_result(manager, a, "error", 3.5)  # the last one counts
     assert text(panel.rows[a].result).startswith("\u25cf error 3.5 s")
-    with pytest.raises(ValueError, match="one of ok, error, timeout, not 'fine'"):
+    with pytest.raises(ValueError, match="one of ok, error, timeout, interrupted, not 'fine'"):
         panel.model.record_result(a, "fine", 1)
 
     # Kept across refreshes, also for an instance that a refresh under way has not
