@@ -1,7 +1,10 @@
 """In a real JupyterLab page: a cell on several instances shows each instance's
 output under a header naming it (with how it ended), in the order named, and
-one summary line beneath them."""
+one summary line beneath them; the panel shows each one's last result. With
+FIDDLEDOCK_SCREENSHOT=path set, the cell and the panel are also saved there
+(that is how the README's docs/screenshot.png is made)."""
 
+import os
 import re
 import uuid
 
@@ -9,6 +12,7 @@ import pytest
 
 from browser import Notebook
 from conftest import _remove_scope
+from test_browser_panel import ROW_TIMEOUT, row
 
 
 @pytest.fixture
@@ -31,6 +35,7 @@ def test_a_cell_on_three_instances_shows_three_sections_and_a_summary(
         "    1 / 0\n"
         "if me == 'cleo':\n"
         "    time.sleep(60)",
+        "%dockerrun panel",
     ]
     lab_server.notebook("classroom.ipynb", cells)
     nb = Notebook(lab_page, lab_server, "classroom.ipynb").open()
@@ -58,3 +63,20 @@ def test_a_cell_on_three_instances_shows_three_sections_and_a_summary(
     assert boxes == sorted(boxes) and boxes[2] < summary.bounding_box()["y"]
     out.scroll_into_view_if_needed()
     nb.screenshot(tmp_path / "classroom.png", full_page=True)
+
+    # The panel: each instance's last result, as the cell's summary said.
+    nb.run(2)
+    panel = nb.output(2).locator(".fd-panel")
+    expect(panel).to_be_visible(timeout=ROW_TIMEOUT)
+    for name, result in (("amy", "ok"), ("ben", "error"), ("cleo", "timeout")):
+        expect(row(panel, name).locator(".fd-result")).to_contain_text(
+            re.compile(r"^\W*%s\b" % result), timeout=ROW_TIMEOUT)
+    target = os.environ.get("FIDDLEDOCK_SCREENSHOT")
+    if target:  # the README's picture: a cell for the class and the panel
+        lab_page.set_viewport_size({"width": 1200, "height": 2400})  # all of it on screen
+        nb.cell(1).evaluate("cell => cell.scrollIntoView({block: 'start'})")
+        lab_page.wait_for_timeout(500)  # JupyterLab lays the cells out again
+        top = nb.cell(1).bounding_box()["y"]
+        box = panel.bounding_box()
+        nb.screenshot(target, clip={"x": 0, "y": top, "width": 1200,
+                                    "height": box["y"] + box["height"] + 8 - top})
