@@ -511,7 +511,7 @@ class Instance:
                 raise InstanceBusy(self.name, header.get("owner"), header.get("seconds"))
 
     def probe(self):
-        """'idle' or 'busy' from the agent, without counting as use; None if unknown.
+        """'ready' or 'busy' from the agent, without counting as use; None if unknown.
 
         A cell of this kernel running is 'busy' without asking.
         """
@@ -528,7 +528,7 @@ class Instance:
                 return None
             if header.get("notice"):  # the agent hands it out once
                 self.pending_notice = header["notice"]
-            return "busy" if header.get("busy") else "idle"
+            return "busy" if header.get("busy") else "ready"
         except (ConnectionClosed, AgentError, OSError):
             return None
         finally:

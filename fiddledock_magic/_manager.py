@@ -413,9 +413,9 @@ class InstanceManager:
         if inst is not None and inst.container_id == info["Id"]:
             answer = inst.probe()
         if answer is None:
-            row.status = "running"
+            row.status = "not connected"
             if not row.note:
-                row.note = "not connected from this kernel"
+                row.note = "this kernel has not used it yet; the next cell connects to it"
         else:
             row.status = answer
         return row
@@ -437,14 +437,14 @@ _STOP_CODES = (0, 130, 137, 143)
 
 
 def _stopped_status(state):
-    """('stopped' or 'dead', why) for a container that is not running."""
+    """('stopped' or 'crashed', why) for a container that is not running."""
     if state.get("OOMKilled"):
-        return "dead", "out of memory"
+        return "crashed", "it ran out of memory"
     status = state.get("Status")
     if status == "created":
-        return "stopped", "never started"
+        return "stopped", "it was never started"
     if status == "dead" or state.get("ExitCode") not in _STOP_CODES:
-        return "dead", "exit code %s" % state.get("ExitCode")
-    return "stopped", "exit code %s" % state.get("ExitCode")
+        return "crashed", "it ended with exit code %s" % state.get("ExitCode")
+    return "stopped", "it ended with exit code %s" % state.get("ExitCode")
 
 

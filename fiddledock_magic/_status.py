@@ -2,13 +2,13 @@
 
 ``status`` is one of:
 
-- ``idle``: running, its agent answered and no cell is running;
+- ``ready``: running, its agent answered and no cell is running;
 - ``busy``: running a cell (from this kernel or another one);
-- ``running``: the container is up but this kernel is not connected to it,
-  so its agent was not asked (it is re-attached on the next cell);
+- ``not connected``: the container is up but this kernel is not connected to
+  it, so its agent was not asked (the next cell connects to it);
 - ``stopped``: the container exited cleanly (idle self-stop, ``docker stop``)
   or was never started; the next cell restarts it, without its old state;
-- ``dead``: the container died (out of memory, crashed, engine state dead).
+- ``crashed``: the container died (out of memory, crashed, engine state dead).
 """
 
 import dataclasses
@@ -22,7 +22,7 @@ from ._spec import format_size
 class InstanceStatus:
     name: str
     image: str
-    status: str                    # running | idle | busy | stopped | dead
+    status: str                    # ready | busy | not connected | stopped | crashed
     started_at: Optional[datetime.datetime]
     memory_used: Optional[int]     # bytes, None when not running
     memory_limit: Optional[int]    # bytes
@@ -30,11 +30,11 @@ class InstanceStatus:
     container_id: str = ""
     container_name: str = ""
     is_default: bool = False
-    note: str = ""                 # why it is dead/stopped, or why a number is missing
+    note: str = ""                 # why it crashed or stopped, or why a number is missing
 
     @property
     def uptime(self) -> Optional[datetime.timedelta]:
-        if self.started_at is None or self.status in ("stopped", "dead"):
+        if self.started_at is None or self.status in ("stopped", "crashed"):
             return None
         return datetime.datetime.now(datetime.timezone.utc) - self.started_at
 

@@ -162,11 +162,11 @@ def test_list_shows_name_image_status_uptime_memory_cpu(shell, scoped, line, run
     alpha = next(r for r in rows if r.startswith("alpha "))
     beta = next(r for r in rows if r.startswith("beta *"))  # * marks the default instance
     for row, limit in ((alpha, "512.0 MiB"), (beta, "256.0 MiB")):
-        assert default_image in row and " idle " in row
+        assert default_image in row and " ready " in row
         assert "MiB / %s" % limit in row and row.endswith("%")
     statuses = {s.name: s for s in manager_of(shell).statuses()}
     a = statuses["alpha"]
-    assert a.status == "idle" and not a.is_default and statuses["beta"].is_default
+    assert a.status == "ready" and not a.is_default and statuses["beta"].is_default
     assert 1 * MiB < a.memory_used < 100 * MiB and a.memory_limit == 512 * MiB
     assert a.cpu_percent is not None and 0 <= a.cpu_percent < 100
     assert a.uptime.total_seconds() > 0
@@ -206,7 +206,7 @@ def test_status_probe_does_not_count_as_use(shell, scoped, run, docker_client):
         while inspect(docker_client, "probed", scoped)["State"]["Running"]:
             assert time.monotonic() < deadline, "status probes kept the instance alive"
             seen += [r.status for r in manager_of(shell).statuses()]
-        assert "idle" in seen
+        assert "ready" in seen
     finally:
         shell.run_line_magic("config", "DockerRun.idle_timeout = 3600.0")
 

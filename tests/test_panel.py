@@ -89,7 +89,7 @@ def test_rows_follow_instances_made_and_removed_by_the_magics(shell, panel, uniq
     name, image, status, uptime, memory, cpu = row_texts(panel, unique_name)
     assert name == unique_name
     assert image == manager_of(shell).config.image
-    assert status.endswith("idle")
+    assert status.endswith("ready")
     assert re.fullmatch(r"\d+s", uptime)
     assert re.fullmatch(r"\d+\.\d MiB / 512\.0 MiB", memory)
     assert re.fullmatch(r"\d+\.\d%", cpu)

@@ -106,7 +106,7 @@ def test_restart_or_delete_ends_the_running_cell_and_says_so(kernel, unique_name
     if action == "restart":
         assert message == ("info restarted %r: a new container, its state is lost; the cell "
                            "running in it was ended" % name)
-        assert "(%r, 'idle')" % name in report
+        assert "(%r, 'ready')" % name in report
     else:
         assert message == ("info deleted instance %r and its container; the cell running in "
                            "it was ended" % name)
@@ -143,7 +143,7 @@ def test_reset_ends_the_running_cell_and_keeps_the_container(kernel, unique_name
 
     report = ok(kernel, REPORT)[0]
     assert "seen: busy True" in report
-    assert "(%r, 'idle')" % name in report
+    assert "(%r, 'ready')" % name in report
     assert report.split("message: ", 1)[1].strip() == (
         "info reset %r: a fresh namespace in the same container; the cell running in it was "
         "ended" % name)
