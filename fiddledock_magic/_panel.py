@@ -22,8 +22,8 @@ from ._status import format_cpu, format_duration, format_memory
 # name, image, status, uptime, memory, CPU, actions
 COLUMNS = (("name", "170px"), ("image", "180px"), ("status", "86px"), ("uptime", "74px"),
            ("memory used / limit", "160px"), ("CPU", "60px"), ("", "auto"))
-STATUS_COLORS = {"idle": "#2e7d32", "running": "#1565c0", "busy": "#ef6c00",
-                 "stopped": "#757575", "dead": "#c62828"}
+STATUS_COLORS = {"ready": "#2e7d32", "not connected": "#1565c0", "busy": "#b45309",
+                 "stopped": "#757575", "crashed": "#c62828"}
 PLACEHOLDERS = {"name": "e.g. alice", "cpus": "cores", "pids": "processes"}
 LABELS = {"name": "name", "image": "image", "memory": "memory", "cpus": "CPUs",
           "pids": "pids", "disk": "disk"}
