@@ -84,14 +84,19 @@ def connection_alive(conn):
 def describe_stop(state):
     """Why a container is not running, from its inspect State."""
     if not state:
-        return "it is gone"
+        return "it was removed"
     if state.get("OOMKilled"):
-        return "its container ran out of memory and was stopped"
+        return "it ran out of memory and was stopped"
     status = state.get("Status", "stopped")
     code = state.get("ExitCode")
     if status == "exited":
-        return "its container had stopped (exit code %s)" % code
-    return "its container is %s" % status
+        return "it had stopped (exit code %s)" % code
+    return "it " + _STATE_WORDS.get(status, "is %s" % status)
+
+
+# The engine's container states, as a sentence's end ("it ...").
+_STATE_WORDS = {"removing": "is being deleted", "dead": "crashed", "created": "was never started",
+                "paused": "is paused", "restarting": "is restarting"}
 
 
 class _InterruptLatch:
