@@ -8,14 +8,13 @@ argument is a ``UsageError``.
 import math
 import sys
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import _traceback
 from ._commands import LineCommands, parse_words, split_line
 from ._errors import (CellEnded, CellError, CellKilled, CellTimeout, FiddleDockError,
-                      InstanceLost)
+                      InstanceLost, UsageError)
 from ._render import CellRenderer
 from ._spec import InvalidSetting, check_name
 
@@ -60,7 +59,8 @@ class DockerRunMagics(Magics):
               help="Wall-clock limit for this cell (default: DockerRun.timeout).")
     @argument("--image", default=None,
               help="Image for the instance; only when this cell creates it.")
-    @argument("--reset", action="store_true", help="Fresh namespace before running.")
+    @argument("--reset", action="store_true",
+              help="Clear the instance's variables before running (its files stay).")
     @argument("--no-raise", action="store_true",
               help="Show an error but do not fail the cell.")
     @line_cell_magic
@@ -108,8 +108,9 @@ class DockerRunMagics(Magics):
             ended_by = instance and instance.ended_by
             if ended_by:  # restarted or deleted (from the panel, say) while it ran
                 return self._fail(CellEnded(exc.name, ended_by), args.no_raise)
-            return self._fail(InstanceLost(exc.name, "%s; the next cell restarts it, with a fresh "
-                                           "state" % exc.reason), args.no_raise)
+            return self._fail(InstanceLost(exc.name, "%s. The next cell starts it again from "
+                                           "scratch: its variables and files are gone"
+                                           % exc.reason), args.no_raise)
         except FiddleDockError as exc:
             renderer.finish()
             return self._fail(exc, args.no_raise)
@@ -133,8 +134,9 @@ class DockerRunMagics(Magics):
             error = CellEnded(instance.name, ended_by)
         else:  # the worker died or was killed: say why, and that the state is gone
             cls = CellTimeout if done.get("cause") == "timeout" else CellKilled
-            error = cls("the cell %s; its namespace was lost and the next cell runs in a "
-                        "fresh worker" % (reason or "died"))
+            error = cls("the cell %s; its variables and imports are gone (its files are "
+                        "kept), and the next cell starts a fresh Python in this instance"
+                        % (reason or "died"))
         return self._fail(error, args.no_raise)
 
     def _cell_name(self):

@@ -96,7 +96,7 @@ def test_code_ignoring_sigint_and_sigterm_is_killed_after_the_grace(run, unique_
     assert t[0] >= 1.9  # the grace was given
     message = str(info.value)
     assert "timed out after 1 s and did not stop on KeyboardInterrupt, so it was killed" in message
-    assert "namespace was lost" in message
+    assert "variables and imports are gone" in message
     _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"
     assert "fresh worker" in err and "earlier cells were lost" in err
@@ -159,7 +159,7 @@ def test_worker_death_is_explained_and_the_next_cell_is_fresh(run, unique_name, 
         run("print('last words', flush=True)\n" + code, unique_name, "--timeout 20")
     assert capsys.readouterr().out == "last words\n"  # what it printed before it died
     assert not isinstance(info.value, CellTimeout)
-    assert reason in str(info.value) and "namespace was lost" in str(info.value)
+    assert reason in str(info.value) and "variables and imports are gone" in str(info.value)
     _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"
     assert "fresh worker" in err and reason.replace("the cell ", "") in err
@@ -479,7 +479,7 @@ def test_killing_the_agent_mid_cell_then_the_next_cell_restarts(run, unique_name
     killer.join()
     message = str(info.value)
     assert unique_name in message and "stopped" in message
-    assert "the next cell restarts it, with a fresh state" in message
+    assert "The next cell starts it again from scratch" in message
     with took(10.0):
         _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"

@@ -49,7 +49,7 @@ def exists(client, name, scope):
     ("create {n} --network host", "invalid choice: 'host' (choose from 'none', 'bridge')"),
     ("create {n} --env NOVALUE", "--env takes KEY=VALUE"),
     ("create {n} --image fiddledock-no-such-image:404",
-     "image 'fiddledock-no-such-image:404' is not on the Docker engine"),
+     "image 'fiddledock-no-such-image:404' is not installed in Docker here"),
     ("create", "the following arguments are required: name"),
     ("create bad/name", "instance names are 1-63 letters"),
     ("frobnicate", "unknown subcommand 'frobnicate': use one of cleanup, create, delete"),
@@ -278,7 +278,7 @@ def test_cleanup_removes_stopped_and_orphaned_but_keeps_running(shell, scoped, l
                                      manager.default_spec(), labels)
     orphan.disconnect()
     out = line("cleanup")
-    assert out.startswith("removed 2 stopped or orphaned container(s) of this notebook: ")
+    assert out.startswith("removed 2 stopped or leftover container(s) of this notebook: ")
     assert "down" in out
     assert exists(docker_client, "up", scoped) and not exists(docker_client, "down", scoped)
     with pytest.raises(docker.errors.NotFound):
