@@ -77,7 +77,7 @@ def test_unknown_instance_is_a_one_line_error(shell, scoped):
         with pytest.raises(InstanceNotFound) as info:
             shell.run_line_magic("dockerrun", "%s nosuch" % cmd)
         line, = info.value._render_traceback_()
-        assert "no instance named 'nosuch'" in line and line.endswith("\x1b[0m")
+        assert "no instance named 'nosuch'" in line and line.startswith("\x1b[1mFiddleDock:\x1b[0m ")
 
 
 # --- create: limits and hardening as the engine sees them ---------------------------
@@ -237,7 +237,8 @@ def test_restart_gives_a_new_container_with_the_same_settings(shell, scoped, lin
     line("create r --memory 200m --env COLOUR=blue")
     run("x = 42", "r")
     before = inspect(docker_client, "r", scoped)["Id"]
-    assert line("restart r") == "restarted instance 'r' (new container, state lost)\n"
+    assert line("restart r") == ("restarted instance 'r': it starts from scratch, its variables "
+                                 "and files are gone\n")
     after = inspect(docker_client, "r", scoped)
     assert after["Id"] != before
     assert after["HostConfig"]["Memory"] == 200 * MiB
@@ -249,7 +250,7 @@ def test_reset_keeps_the_container_but_not_the_namespace(shell, scoped, line, ru
                                                          docker_client):
     run("x = 42\nopen('/tmp/kept', 'w').write('file')", "rs")
     before = inspect(docker_client, "rs", scoped)["Id"]
-    assert line("reset rs") == "reset instance 'rs' (fresh namespace)\n"
+    assert line("reset rs") == "reset instance 'rs': its variables are cleared, its files are kept\n"
     assert inspect(docker_client, "rs", scoped)["Id"] == before
     _, out, _ = run("print('x' in globals(), open('/tmp/kept').read())", "rs")
     assert out == "False file\n"

@@ -164,7 +164,7 @@ def test_create_with_an_unknown_image_fails_inside_the_panel(shell, panel, uniqu
     assert panel.model.wait()
     message = text(panel.message)
     assert message.startswith("\u2716 creating %r failed: image 'fiddledock-no-such-image:404' "
-                              "not found" % unique_name)
+                              "is not installed" % unique_name)
     assert panel.fields["name"].value == unique_name  # kept, to fix and try again
     assert container(docker_client, unique_name, own_scope) is None
     assert "Traceback" not in capfd.readouterr().err
