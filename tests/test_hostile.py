@@ -511,7 +511,7 @@ def test_docker_kill_mid_cell_is_a_clear_error_then_the_next_cell_restarts(
         killer.join()
     message = str(info.value)
     assert unique_name in message and "exit code 137" in message
-    assert "the next cell restarts it" in message
+    assert "The next cell starts it again" in message
     with took(10.0):
         _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n" and "restarted it" in err

@@ -168,7 +168,7 @@ def test_endless_output_is_capped_then_the_container_is_stopped(k, hostile_image
     with rss_bounded(k):
         name, reply, msgs = attack(k, hostile_image, "#stream-flood")
     one_clean_error(reply, msgs, name, "far past this cell's limits", "container was stopped",
-                    "next cell restarts it")
+                    "next cell starts it again")
     assert texts(msgs) == "x" * (4 << 20)  # exactly the default cap, whatever the agent sent
     limit_notices = [n for n in notices(msgs) if "output limit" in n]
     assert len(limit_notices) == 1 and "output limit of 4.0 MiB reached" in limit_notices[0]
@@ -251,7 +251,8 @@ MALFORMED = [
 def test_a_malformed_frame_is_one_clean_error(k, hostile_image, source, problem):
     with rss_bounded(k):
         name, reply, msgs = attack(k, hostile_image, source)
-    line = one_clean_error(reply, msgs, "MalformedEvent", name, problem, "next cell reconnects")
+    assert reply["ename"] == "MalformedEvent"
+    line = one_clean_error(reply, msgs, "cannot read", name, problem, "next cell connects again")
     assert "forged" not in texts(msgs) and "forged" not in line
     assert outputs(msgs) == []
     still_usable(k, name)
@@ -306,7 +307,7 @@ def test_an_agent_that_never_ends_the_cell_is_stopped_at_the_deadline(k, hostile
     limits(interrupt_grace=0.5)
     name, reply, msgs = attack(k, hostile_image, "#no-done", "--timeout 1")
     one_clean_error(reply, msgs, name, "did not end", "after its 1 s time limit",
-                    "container was stopped", "next cell restarts it")
+                    "container was stopped", "next cell starts it again")
     still_usable(k, name)
 
 
