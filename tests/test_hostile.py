@@ -18,6 +18,7 @@ import pytest
 from fiddledock_magic import CellError, CellKilled, CellTimeout, InstanceLost
 from fiddledock_magic._render import FLUSH_INTERVAL
 from fiddledock_magic._spec import container_name
+from conftest import notice_text
 
 MiB = 1024 * 1024
 
@@ -396,7 +397,7 @@ def test_interrupt_button_escalates_when_the_code_ignores_it(kernel, unique_name
     reply, msgs = kernel.execute("%%%%dockerrun %s\nprint('x' in globals())" % name)
     assert reply["status"] == "ok"
     out = "".join(m["content"]["text"] for _, m in msgs if m["msg_type"] == "stream")
-    assert "False\n" in out and "fresh worker" in out
+    assert "False\n" in out and "fresh worker" in notice_text(msgs)
 
 
 def test_second_interrupt_press_kills_at_once(kernel, unique_name):
