@@ -56,7 +56,7 @@ class DockerRunMagics(Magics):
               help="Instance to run in (default: the current default instance). "
                    "Created on first use.")
     @argument("--timeout", type=float, default=None, metavar="SECONDS",
-              help="Wall-clock limit for this cell (default: DockerRun.timeout).")
+              help="Time limit for this cell, 0 for none (default: DockerRun.timeout).")
     @argument("--image", default=None,
               help="Image for the instance; only when this cell creates it.")
     @argument("--reset", action="store_true",
