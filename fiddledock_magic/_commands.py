@@ -11,13 +11,12 @@ import shlex
 import sys
 import textwrap
 
-from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import publish_display_data
 
 from . import _files
 from ._config import MAX_POOL_SIZE
-from ._errors import ImageNotFound, plain_text
+from ._errors import ImageNotFound, IPythonUsageError, UsageError, plain_text
 from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name, shown
 from ._status import html_table, text_table
 
@@ -52,10 +51,12 @@ def build_parser():
     create.add_argument("--memory", help="Memory limit, e.g. 512m or 1g (no extra swap).")
     create.add_argument("--cpus", type=float, help="CPU limit in cores, e.g. 1 or 0.5.")
     create.add_argument("--pids", type=int, help="Process limit, at least 16.")
-    create.add_argument("--disk", help="Size of each writable tmpfs, e.g. 256m.")
+    create.add_argument("--disk", help="Space for files, in the home folder and in /tmp "
+                                       "each, e.g. 256m.")
     create.add_argument("--network", choices=NETWORKS,
                         help="none (default): no network; bridge: the internet.")
-    create.add_argument("--runtime", choices=RUNTIMES, help="runsc is gVisor.")
+    create.add_argument("--runtime", choices=RUNTIMES,
+                        help="runc (default) or runsc: gVisor, a stronger sandbox.")
     create.add_argument("--env", action="append", default=[], metavar="K=V",
                         help="An environment variable; repeat for more.")
     delete = sub.add_parser("delete", help="Delete an instance (or --all).", add_help=False)
@@ -72,7 +73,7 @@ def build_parser():
         p = sub.add_parser(cmd, help=text, add_help=False)
         p.add_argument("name")
     cleanup = sub.add_parser("cleanup", add_help=False,
-                             help="Remove this notebook's stopped instances and orphaned "
+                             help="Remove this notebook's stopped instances and leftover "
                                   "pool containers (running instances stay).")
     cleanup.add_argument("--all-notebooks", action="store_true",
                          help="Every notebook's, not just this one's.")
@@ -114,7 +115,7 @@ def parse_words(parser, words, limit=200):
     "did you mean" for a mistyped option."""
     try:
         return parser.parse_args(words)
-    except UsageError as exc:
+    except IPythonUsageError as exc:  # argparse's, raised by MagicArgumentParser
         text = str(exc)
         text = text if len(text) <= limit else text[:limit - 3] + "..."
         raise UsageError(text + _did_you_mean_option(parser, words)) from None
@@ -266,9 +267,9 @@ class LineCommands:
                 return
             self.manager.create(names[0], spec, progress=print)
         except ImageNotFound as exc:
-            raise UsageError("image %r is not on the Docker engine; use an image it has "
-                             "(build or pull it first), or leave out --image for the default "
-                             "%r" % (exc.image, c.image)) from None
+            raise UsageError("image %r is not installed in Docker here; build or pull it "
+                             "first, or leave out --image to use the default %r"
+                             % (exc.image, c.image)) from None
         print("created instance %r" % names[0])
 
     def cmd_delete(self, args):
@@ -285,11 +286,13 @@ class LineCommands:
 
     def cmd_restart(self, args):
         self.manager.restart(args.name, progress=print)
-        print("restarted instance %r (new container, state lost)" % args.name)
+        print("restarted instance %r: it starts from scratch, its variables and files are "
+              "gone" % args.name)
 
     def cmd_reset(self, args):
         ended = self.manager.reset(args.name)
-        print("reset instance %r (fresh namespace)%s" % (args.name, _whose(ended, "ended")))
+        print("reset instance %r: its variables are cleared, its files are kept%s"
+              % (args.name, _whose(ended, "stopped")))
 
     def cmd_interrupt(self, args):
         stopped = self.manager.interrupt(args.name)
@@ -306,7 +309,7 @@ class LineCommands:
         removed = self.manager.cleanup(all_scopes=args.all_notebooks)
         where = "" if args.all_notebooks else " of this notebook"
         if removed:
-            print("removed %d stopped or orphaned container(s)%s: %s"
+            print("removed %d stopped or leftover container(s)%s: %s"
                   % (len(removed), where, ", ".join(removed)))
         else:
             print("nothing to clean up%s" % where)

@@ -3,16 +3,33 @@ the helpers that put errors and sizes into one-line messages."""
 
 import difflib
 
+from IPython.core.error import UsageError as IPythonUsageError
+
+LABEL = "FiddleDock:"
+
+
+def one_line(text):
+    """A FiddleDock error as a notebook or terminal shows it: the label in bold and the
+    text in the frontend's own colour, readable on any theme (red on an error's pink
+    background is not). No class name: the reply's ``ename`` still carries it."""
+    return ["\x1b[1m%s\x1b[0m %s" % (LABEL, text)]
+
 
 class FiddleDockError(Exception):
     """Root of every error FiddleDock raises on purpose.
 
-    IPython shows it as one red line (``_render_traceback_``), not a Python
+    IPython shows it as one short line (``_render_traceback_``), not a Python
     traceback of the magic's internals.
     """
 
     def _render_traceback_(self):
-        return ["\x1b[0;31m%s: %s\x1b[0m" % (type(self).__name__, self)]
+        return one_line(self)
+
+
+class UsageError(IPythonUsageError, FiddleDockError):
+    """Bad arguments to a magic: still IPython's UsageError (``ename`` "UsageError"),
+    but shown as FiddleDock's other errors are. IPython prints its own UsageError
+    apart (plain, on stderr); a subclass goes through ``_render_traceback_``."""
 
 
 class EngineUnavailable(FiddleDockError):
@@ -33,7 +50,8 @@ class ImageNotFound(FiddleDockError):
 
     def __init__(self, image, message=None):
         self.image = image
-        super().__init__(message or "image %r not found on the Docker engine; build or pull it first" % image)
+        super().__init__(message or "image %r is not installed in Docker here; build or pull "
+                         "it first" % image)
 
 
 class ImageBuildError(FiddleDockError):
@@ -141,9 +159,9 @@ class MalformedEvent(AgentError):
     def __init__(self, name, problem):
         self.name = name
         self.problem = problem
-        super().__init__("instance %r sent a malformed event (%s): this kernel stopped listening "
-                         "to it, and the next cell reconnects (`%%dockerrun restart %s` starts it "
-                         "afresh)" % (name, problem, name))
+        super().__init__("instance %r sent something FiddleDock cannot read (%s), so this "
+                         "notebook stopped listening to it. The next cell connects again; "
+                         "`%%dockerrun restart %s` starts it from scratch" % (name, problem, name))
 
 
 class CellError(FiddleDockError):
@@ -172,7 +190,7 @@ class CellKilled(FiddleDockError):
         super().__init__(reason)
 
     def _render_traceback_(self):
-        return ["\x1b[0;31m%s\x1b[0m" % self]
+        return one_line(self)
 
 
 class CellEnded(CellKilled):
@@ -184,8 +202,8 @@ class CellEnded(CellKilled):
     def __init__(self, name, action):
         self.name = name
         self.action = action
-        super().__init__("the cell was ended: instance %r was %s; its state is lost"
-                         % (name, action))
+        super().__init__("the cell was stopped because instance %r was %s; its variables "
+                         "are gone" % (name, action))
 
 
 class CellTimeout(CellKilled):

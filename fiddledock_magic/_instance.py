@@ -84,12 +84,18 @@ def connection_alive(conn):
 def describe_stop(container):
     """Why a container (a ``_backend.Container``, None: gone) is not running."""
     if container is None:
-        return "it is gone"
+        return "it was removed"
     if container.oom_killed:
-        return "its container ran out of memory and was stopped"
+        return "it ran out of memory and was stopped"
     if container.state == "exited":
-        return "its container had stopped (exit code %s)" % container.exit_code
-    return "its container is %s" % (container.state or "stopped")
+        return "it had stopped (exit code %s)" % container.exit_code
+    state = container.state or "stopped"
+    return "it " + _STATE_WORDS.get(state, "is %s" % state)
+
+
+# The engine's container states, as a sentence's end ("it ...").
+_STATE_WORDS = {"removing": "is being deleted", "dead": "crashed", "created": "was never started",
+                "paused": "is paused", "restarting": "is restarting"}
 
 
 def _next_of(conn, kinds, timeout):
@@ -463,7 +469,7 @@ class Instance:
                 raise InstanceBusy(self.name, header.get("owner"), header.get("seconds"))
 
     def probe(self):
-        """'idle' or 'busy' from the agent, without counting as use; None if unknown.
+        """'ready' or 'busy' from the agent, without counting as use; None if unknown.
 
         A cell of this kernel running is 'busy' without asking.
         """
@@ -480,7 +486,7 @@ class Instance:
                 return None
             if header.get("notice"):  # the agent hands it out once
                 self.pending_notice = header["notice"]
-            return "busy" if header.get("busy") else "idle"
+            return "busy" if header.get("busy") else "ready"
         except (ConnectionClosed, AgentError, OSError):
             return None
         finally:

@@ -13,12 +13,11 @@ import shlex
 import sys
 import time
 
-from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ._commands import LineCommands, parse_words, split_line
-from ._errors import FiddleDockError, InstanceLost
+from ._errors import FiddleDockError, InstanceLost, UsageError
 from ._outcome import cell_outcome, lost_error
 from ._panel_model import record_result
 from ._render import CellRenderer
@@ -73,10 +72,11 @@ class DockerRunMagics(Magics):
                    "first use. Several names, a pattern (student*: this notebook's instances "
                    "that match) or a list variable ({students}) run the cell in each, at once.")
     @argument("--timeout", type=float, default=None, metavar="SECONDS",
-              help="Wall-clock limit for this cell (default: DockerRun.timeout).")
+              help="Time limit for this cell, 0 for none (default: DockerRun.timeout).")
     @argument("--image", default=None,
               help="Image for the instance; only when this cell creates it.")
-    @argument("--reset", action="store_true", help="Fresh namespace before running.")
+    @argument("--reset", action="store_true",
+              help="Clear the instance's variables before running (its files stay).")
     @argument("--no-raise", action="store_true",
               help="Show an error but do not fail the cell.")
     @line_cell_magic

@@ -52,12 +52,13 @@ def cell_outcome(done, instance, timeout, ended_by, shell):
     timed_out = done.get("cause") == "timeout"
     cls = CellTimeout if timed_out else CellKilled
     return ("timeout" if timed_out else "error"), cls(
-        "the cell %s; its namespace was lost and the next cell runs in a fresh worker"
-        % (reason or "died"))
+        "the cell %s; its variables and imports are gone (its files are kept), and the next "
+        "cell starts a fresh Python in this instance" % (reason or "died"))
 
 
 def lost_error(exc, ended_by):
     """The error for a container that stopped under the cell (``InstanceLost`` exc)."""
     if ended_by:  # restarted or deleted (from the panel, say) while it ran
         return CellEnded(exc.name, ended_by)
-    return InstanceLost(exc.name, "%s; the next cell restarts it, with a fresh state" % exc.reason)
+    return InstanceLost(exc.name, "%s. The next cell starts it again from scratch: its variables "
+                        "and files are gone" % exc.reason)

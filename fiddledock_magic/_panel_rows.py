@@ -22,9 +22,9 @@ COLUMNS = (("", "26px"), ("name", "minmax(70px, 1.5fr)"), ("image", "minmax(56px
            ("status", "minmax(62px, 0.8fr)"), ("uptime", "minmax(62px, 0.6fr)"),
            ("memory used / limit", "minmax(76px, 1.3fr)"), ("CPU", "minmax(40px, 0.5fr)"),
            ("last result", "minmax(82px, 1.2fr)"), ("", "auto"))
-STATUS_COLORS = {"idle": "#2e7d32", "running": "#1565c0", "busy": "#ef6c00",
-                 "stopped": "#757575", "dead": "#c62828"}
-RESULT_COLORS = {"ok": "#2e7d32", "error": "#c62828", "timeout": "#ef6c00",
+STATUS_COLORS = {"ready": "#2e7d32", "not connected": "#1565c0", "busy": "#b45309",
+                 "stopped": "#757575", "crashed": "#c62828"}
+RESULT_COLORS = {"ok": "#2e7d32", "error": "#c62828", "timeout": "#b45309",
                  "interrupted": "#6d4c41"}
 QUESTIONS = {"restart": "Restart <b>%s</b>? It gets a new container: its variables and files "
                         "are lost.",

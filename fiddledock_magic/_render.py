@@ -12,6 +12,7 @@ only update its own outputs, never the notebook's or another instance's.
 
 import codecs
 import getpass
+import html
 import sys
 import time
 
@@ -24,6 +25,22 @@ from ._safety import safe_bundle
 
 FLUSH_INTERVAL = 0.05  # seconds between forced flushes
 DISPLAY_ID_PREFIX = "fiddledock-"
+NOTICE_LABEL = "[fiddledock]"
+# A notice in a notebook: dark text on light amber, the same on a dark theme (fixed
+# colours, so the contrast is known: tests/test_words.py computes it), wrapped
+# between words; a word longer than the line breaks rather than overflowing.
+NOTICE_COLORS = {"text": "#1f2328", "background": "#fff8c5", "edge": "#9a6700"}
+NOTICE_STYLE = ("color:%(text)s;background-color:%(background)s;"
+                "border-left:4px solid %(edge)s;padding:2px 8px;margin:2px 0;"
+                "white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere;"
+                "font-family:var(--jp-code-font-family,monospace);"
+                "font-size:var(--jp-code-font-size,13px)" % NOTICE_COLORS)
+
+
+def notice_html(text):
+    """A notice as one HTML block; the text (possibly from a container) escaped."""
+    return "<div class='fiddledock-notice' style='%s'><b>%s</b> %s</div>" % (
+        NOTICE_STYLE, NOTICE_LABEL, html.escape(text))
 
 
 def _can_ask(shell):
@@ -123,7 +140,14 @@ class CellRenderer(CellHandler):
 
     def notice(self, text):
         self.flush()
-        sys.stderr.write("\x1b[33m[fiddledock] %s\x1b[0m\n" % text)
+        if getattr(self.shell, "kernel", None) is not None:
+            # A notebook: HTML, because a frontend breaks a text output's long
+            # lines anywhere, mid-word too (JupyterLab: word-break: break-all).
+            from IPython.display import publish_display_data
+            publish_display_data({"text/plain": "%s %s" % (NOTICE_LABEL, text),
+                                  "text/html": notice_html(text)})
+            return
+        sys.stderr.write("\x1b[1m%s\x1b[0m %s\n" % (NOTICE_LABEL, text))
         sys.stderr.flush()
 
     def progress(self, line):
@@ -133,7 +157,8 @@ class CellRenderer(CellHandler):
     def ask(self, prompt, password):
         self.flush()
         if not self.can_ask:
-            raise EOFError("this frontend cannot answer input() (stdin is not allowed here)")
+            raise EOFError("input() cannot be answered here: this frontend does not take "
+                           "typed input")
         if password:
             return getpass_prompt(prompt)
         return input(prompt)

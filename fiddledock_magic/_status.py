@@ -2,13 +2,13 @@
 
 ``status`` is one of:
 
-- ``idle``: running, its agent answered and no cell is running;
+- ``ready``: running, its agent answered and no cell is running;
 - ``busy``: running a cell (from this kernel or another one);
-- ``running``: the container is up but this kernel is not connected to it,
-  so its agent was not asked (it is re-attached on the next cell);
+- ``not connected``: the container is up but this kernel is not connected to
+  it, so its agent was not asked (the next cell connects to it);
 - ``stopped``: the container exited cleanly (idle self-stop, ``docker stop``)
   or was never started; the next cell restarts it, without its old state;
-- ``dead``: the container died (out of memory, crashed, engine state dead).
+- ``crashed``: the container died (out of memory, crashed, engine state dead).
 """
 
 import concurrent.futures
@@ -24,7 +24,7 @@ from ._errors import format_size
 class InstanceStatus:
     name: str
     image: str
-    status: str                    # running | idle | busy | stopped | dead
+    status: str                    # ready | busy | not connected | stopped | crashed
     started_at: Optional[datetime.datetime]
     memory_used: Optional[int]     # bytes, None when not running
     memory_limit: Optional[int]    # bytes
@@ -32,11 +32,11 @@ class InstanceStatus:
     container_id: str = ""
     container_name: str = ""
     is_default: bool = False
-    note: str = ""                 # why it is dead/stopped, or why a number is missing
+    note: str = ""                 # why it crashed or stopped, or why a number is missing
 
     @property
     def uptime(self) -> Optional[datetime.timedelta]:
-        if self.started_at is None or self.status in ("stopped", "dead"):
+        if self.started_at is None or self.status in ("stopped", "crashed"):
             return None
         return datetime.datetime.now(datetime.timezone.utc) - self.started_at
 
@@ -53,12 +53,12 @@ STOP_CODES = (0, 130, 137, 143)
 def stopped_status(container):
     """('stopped' or 'dead', why) for a container (``_backend.Container``) that is not running."""
     if container.oom_killed:
-        return "dead", "out of memory"
+        return "crashed", "it ran out of memory"
     if container.state == "created":
-        return "stopped", "never started"
+        return "stopped", "it was never started"
     if container.state == "dead" or container.exit_code not in STOP_CODES:
-        return "dead", "exit code %s" % container.exit_code
-    return "stopped", "exit code %s" % container.exit_code
+        return "crashed", "it ended with exit code %s" % container.exit_code
+    return "stopped", "it ended with exit code %s" % container.exit_code
 
 
 def statuses(backend, named, instances, default_instance=None):
@@ -112,9 +112,9 @@ def status_of_container(backend, name, container_id, inst=None, is_default=False
     if inst is not None and inst.container_id == info.id:
         answer = inst.probe()
     if answer is None:
-        row.status = "running"
+        row.status = "not connected"
         if not row.note:
-            row.note = "not connected from this kernel"
+            row.note = "this kernel has not used it yet; the next cell connects to it"
     else:
         row.status = answer
     return row

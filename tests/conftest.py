@@ -81,7 +81,7 @@ def unique_name():
 
 # The line a cell that creates its instance begins with (tests/test_teaching.py
 # checks it); the run fixture leaves it out of the cell's own stderr.
-CREATED = re.compile(r"\x1b\[33m\[fiddledock\] created new instance '[^']*'\x1b\[0m\n")
+CREATED = re.compile(r"\x1b\[1m\[fiddledock\]\x1b\[0m created new instance '[^']*'\n")
 
 
 @pytest.fixture
@@ -192,6 +192,18 @@ def cell_printed(kernel, msg_id, text):
             seen.append(m["content"]["text"])
         return text in "".join(seen)
     return condition
+
+
+def is_notice(msg):
+    """A notice of FiddleDock's in a notebook: a display of its own (HTML, which wraps
+    between words), not a stream."""
+    return (msg["msg_type"] == "display_data"
+            and "fiddledock-notice" in msg["content"]["data"].get("text/html", ""))
+
+
+def notice_text(msgs):
+    """The notices among a kernel's (time, msg) pairs, as text: one line each."""
+    return "".join(m["content"]["data"]["text/plain"] + "\n" for _, m in msgs if is_notice(m))
 
 
 def new_scope():

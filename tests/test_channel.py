@@ -194,8 +194,9 @@ def test_another_kernel_may_reset_a_running_cell_and_is_told_whose(kernels):
     wait_for(printed(live, "started"), "the cell to print 'started'", 60)
     reply, msgs = b.execute("%dockerrun reset shared")
     ok(reply)
-    assert re.match(r"reset instance 'shared' \(fresh namespace\); ended the cell of the kernel "
-                    r"with pid %d on \S+" % a.pid, stream_text(msgs)), stream_text(msgs)
+    assert re.match(r"reset instance 'shared': its variables are cleared, its files are kept; "
+                    r"stopped the cell of the kernel with pid %d on \S+" % a.pid,
+                    stream_text(msgs)), stream_text(msgs)
     thread.join(30)
     message = one_line_error(result["reply"], "CellKilled")
     assert ("was ended: instance 'shared' was reset with %%dockerrun reset by the kernel "

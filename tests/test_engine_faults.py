@@ -16,7 +16,7 @@ import pytest
 import requests.exceptions
 import urllib3.exceptions
 
-from conftest import Kernel, stream_text
+from conftest import Kernel, is_notice, stream_text
 from engines import second_engine  # noqa: F401  (fixture)
 from fiddledock_magic._docker_backend import DockerBackend
 from fiddledock_magic._errors import EngineUnavailable
@@ -46,7 +46,7 @@ def run_ok(kernel, code, timeout=120):
     assert reply["status"] == "ok", (code, reply.get("ename"), reply.get("evalue"),
                                      stream_text(msgs, "stderr"))
     shown = [m["content"]["data"].get("text/plain", "") for _, m in msgs
-             if m["msg_type"] == "display_data"]
+             if m["msg_type"] == "display_data" and not is_notice(m)]
     return stream_text(msgs) + "".join(shown)
 
 

@@ -19,6 +19,7 @@ from conftest import cell_printed, wait_for
 from fiddledock_magic import CellError, CellKilled, CellTimeout, InstanceLost
 from fiddledock_magic._render import FLUSH_INTERVAL
 from fiddledock_magic._spec import container_name
+from conftest import notice_text
 
 MiB = 1024 * 1024
 
@@ -97,7 +98,7 @@ def test_code_ignoring_sigint_and_sigterm_is_killed_after_the_grace(run, unique_
     assert t[0] >= 1.9  # the grace was given
     message = str(info.value)
     assert "timed out after 1 s and did not stop on KeyboardInterrupt, so it was killed" in message
-    assert "namespace was lost" in message
+    assert "variables and imports are gone" in message
     _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"
     assert "earlier variables and imports are gone because the previous cell timed out" in err
@@ -160,7 +161,7 @@ def test_worker_death_is_explained_and_the_next_cell_is_fresh(run, unique_name, 
         run("print('last words', flush=True)\n" + code, unique_name, "--timeout 20")
     assert capsys.readouterr().out == "last words\n"  # what it printed before it died
     assert not isinstance(info.value, CellTimeout)
-    assert reason in str(info.value) and "namespace was lost" in str(info.value)
+    assert reason in str(info.value) and "variables and imports are gone" in str(info.value)
     _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"
     assert reason.replace("the cell ", "earlier variables and imports are gone because the "
@@ -384,7 +385,7 @@ def test_interrupt_button_escalates_when_the_code_ignores_it(kernel, unique_name
     reply, msgs = kernel.execute("%%%%dockerrun %s\nprint('x' in globals())" % name)
     assert reply["status"] == "ok"
     out = "".join(m["content"]["text"] for _, m in msgs if m["msg_type"] == "stream")
-    assert "False\n" in out and "earlier variables and imports are gone" in out
+    assert "False\n" in out and "earlier variables and imports are gone" in notice_text(msgs)
 
 
 def test_second_interrupt_press_kills_at_once(kernel, unique_name):
@@ -467,7 +468,7 @@ def test_killing_the_agent_mid_cell_then_the_next_cell_restarts(run, unique_name
     killer.join()
     message = str(info.value)
     assert unique_name in message and "stopped" in message
-    assert "the next cell restarts it, with a fresh state" in message
+    assert "The next cell starts it again from scratch" in message
     with took(10.0):
         _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"
@@ -499,7 +500,7 @@ def test_docker_kill_mid_cell_is_a_clear_error_then_the_next_cell_restarts(
         killer.join()
     message = str(info.value)
     assert unique_name in message and "exit code 137" in message
-    assert "the next cell restarts it" in message
+    assert "The next cell starts it again" in message
     with took(10.0):
         _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n" and "restarted it" in err

@@ -49,7 +49,7 @@ def exists(client, name, scope):
     ("create {n} --network host", "invalid choice: 'host' (choose from 'none', 'bridge')"),
     ("create {n} --env NOVALUE", "--env takes KEY=VALUE"),
     ("create {n} --image fiddledock-no-such-image:404",
-     "image 'fiddledock-no-such-image:404' is not on the Docker engine"),
+     "image 'fiddledock-no-such-image:404' is not installed in Docker here"),
     ("create", "the following arguments are required: name"),
     ("create bad/name", "instance names are 1-63 letters"),
     ("frobnicate", "unknown subcommand 'frobnicate': use one of cleanup, create, delete"),
@@ -77,7 +77,7 @@ def test_unknown_instance_is_a_one_line_error(shell, scoped):
         with pytest.raises(InstanceNotFound) as info:
             shell.run_line_magic("dockerrun", "%s nosuch" % cmd)
         line, = info.value._render_traceback_()
-        assert "no instance named 'nosuch'" in line and line.endswith("\x1b[0m")
+        assert "no instance named 'nosuch'" in line and line.startswith("\x1b[1mFiddleDock:\x1b[0m ")
 
 
 # --- create: limits and hardening as the engine sees them ---------------------------
@@ -162,11 +162,11 @@ def test_list_shows_name_image_status_uptime_memory_cpu(shell, scoped, line, run
     alpha = next(r for r in rows if r.startswith("alpha "))
     beta = next(r for r in rows if r.startswith("beta *"))  # * marks the default instance
     for row, limit in ((alpha, "512.0 MiB"), (beta, "256.0 MiB")):
-        assert default_image in row and " idle " in row
+        assert default_image in row and " ready " in row
         assert "MiB / %s" % limit in row and row.endswith("%")
     statuses = {s.name: s for s in manager_of(shell).statuses()}
     a = statuses["alpha"]
-    assert a.status == "idle" and not a.is_default and statuses["beta"].is_default
+    assert a.status == "ready" and not a.is_default and statuses["beta"].is_default
     assert 1 * MiB < a.memory_used < 100 * MiB and a.memory_limit == 512 * MiB
     assert a.cpu_percent is not None and 0 <= a.cpu_percent < 100
     assert a.uptime.total_seconds() > 0
@@ -206,7 +206,7 @@ def test_status_probe_does_not_count_as_use(shell, scoped, run, docker_client):
         while inspect(docker_client, "probed", scoped)["State"]["Running"]:
             assert time.monotonic() < deadline, "status probes kept the instance alive"
             seen += [r.status for r in manager_of(shell).statuses()]
-        assert "idle" in seen
+        assert "ready" in seen
     finally:
         shell.run_line_magic("config", "DockerRun.idle_timeout = 3600.0")
 
@@ -237,7 +237,8 @@ def test_restart_gives_a_new_container_with_the_same_settings(shell, scoped, lin
     line("create r --memory 200m --env COLOUR=blue")
     run("x = 42", "r")
     before = inspect(docker_client, "r", scoped)["Id"]
-    assert line("restart r") == "restarted instance 'r' (new container, state lost)\n"
+    assert line("restart r") == ("restarted instance 'r': it starts from scratch, its variables "
+                                 "and files are gone\n")
     after = inspect(docker_client, "r", scoped)
     assert after["Id"] != before
     assert after["HostConfig"]["Memory"] == 200 * MiB
@@ -249,7 +250,7 @@ def test_reset_keeps_the_container_but_not_the_namespace(shell, scoped, line, ru
                                                          docker_client):
     run("x = 42\nopen('/tmp/kept', 'w').write('file')", "rs")
     before = inspect(docker_client, "rs", scoped)["Id"]
-    assert line("reset rs") == "reset instance 'rs' (fresh namespace)\n"
+    assert line("reset rs") == "reset instance 'rs': its variables are cleared, its files are kept\n"
     assert inspect(docker_client, "rs", scoped)["Id"] == before
     _, out, _ = run("print('x' in globals(), open('/tmp/kept').read())", "rs")
     assert out == "False file\n"
@@ -278,7 +279,7 @@ def test_cleanup_removes_stopped_and_orphaned_but_keeps_running(shell, scoped, l
                                      manager.default_spec(), labels)
     orphan.disconnect()
     out = line("cleanup")
-    assert out.startswith("removed 2 stopped or orphaned container(s) of this notebook: ")
+    assert out.startswith("removed 2 stopped or leftover container(s) of this notebook: ")
     assert "down" in out
     assert exists(docker_client, "up", scoped) and not exists(docker_client, "down", scoped)
     with pytest.raises(docker.errors.NotFound):

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from conftest import (_remove_scope, new_scope, ok, one_line_error, printed, stream_text,
-                      wait_for)
+from conftest import (_remove_scope, is_notice, new_scope, notice_text, ok, one_line_error,
+                      printed, stream_text, wait_for)
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._spec import POOL_PREFIX, container_name, scope_id
 
@@ -20,7 +20,7 @@ def containers_of(client, scope, all=True):
 
 def display_text(msgs):
     return "".join(m["content"]["data"].get("text/plain", "") for _, m in msgs
-                   if m["msg_type"] == "display_data")
+                   if m["msg_type"] == "display_data" and not is_notice(m))
 
 
 def restart(kernel):
@@ -93,7 +93,7 @@ def test_a_killed_kernel_leaks_nothing_for_long(kernels, docker_client):
     reply, msgs = b.execute("%dockerrun cleanup")
     ok(reply)
     text = stream_text(msgs)
-    assert text.startswith("removed 2 stopped or orphaned container(s) of this notebook")
+    assert text.startswith("removed 2 stopped or leftover container(s) of this notebook")
     assert containers_of(docker_client, scope) == []
 
 
@@ -163,11 +163,12 @@ def test_list_in_a_notebook_is_an_html_table_with_a_text_fallback(kernels):
     ok(k.execute("%%dockerrun tab\npass")[0])
     reply, msgs = k.execute("%dockerrun list")
     ok(reply)
-    data = [m["content"]["data"] for _, m in msgs if m["msg_type"] == "display_data"]
+    data = [m["content"]["data"] for _, m in msgs
+            if m["msg_type"] == "display_data" and not is_notice(m)]
     assert len(data) == 1
     html = data[0]["text/html"]
     assert html.startswith("<table") and "<th style='text-align:left'>memory</th>" in html
-    assert "<b>tab</b>" not in html and ">tab<" in html and ">idle<" in html
+    assert "<b>tab</b>" not in html and ">tab<" in html and ">ready<" in html
     assert data[0]["text/plain"].splitlines()[0].split() == [
         "name", "image", "status", "uptime", "memory", "CPU"]
 
@@ -285,7 +286,7 @@ def test_container_removed_while_a_cell_runs(kernels, docker_client):
     reply, msgs = k.execute("%%dockerrun doomed\nprint('back')")
     ok(reply)
     assert stream_text(msgs) == "back\n"
-    assert "previous state is lost" in stream_text(msgs, "stderr")
+    assert "previous state is lost" in notice_text(msgs)
 
 
 def test_missing_image_is_a_clear_error_and_the_next_cell_works(own_scope, shell, run):
@@ -293,7 +294,7 @@ def test_missing_image_is_a_clear_error_and_the_next_cell_works(own_scope, shell
     with pytest.raises(ImageNotFound) as info:
         run("pass", "img", "--image fiddledock-no-such-image:7")
     (text,) = info.value._render_traceback_()
-    assert "image 'fiddledock-no-such-image:7' not found on the Docker engine" in text
+    assert "image 'fiddledock-no-such-image:7' is not installed in Docker here" in text
     _, out, _ = run("print('fine')", "img")
     assert out == "fine\n"
 
@@ -388,7 +389,7 @@ def test_a_remote_engine_through_docker_host(kernels, docker_client):
         assert forwarder.bytes_down > before + 5000  # the output came through it
         reply, msgs = k.execute("%dockerrun list")
         ok(reply)
-        assert " idle " in next(r for r in display_text(msgs).splitlines() if r.startswith("far"))
+        assert " ready " in next(r for r in display_text(msgs).splitlines() if r.startswith("far"))
 
         # The engine goes away mid-session, then comes back at the same address.
         port = forwarder.port

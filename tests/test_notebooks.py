@@ -46,7 +46,15 @@ class Ran:
                                     if o.output_type == "stream" and o.name == name))
 
     def data(self, cid, kinds=("execute_result", "display_data")):
-        return [o.data for o in self.outputs(cid) if o.output_type in kinds]
+        return [o.data for o in self.outputs(cid) if o.output_type in kinds
+                and "fiddledock-notice" not in o.data.get("text/html", "")]
+
+    def told(self, cid):
+        """What the reader is told beneath the cell: stderr and FiddleDock's notices."""
+        notices = "".join(o.data["text/plain"] + "\n" for o in self.outputs(cid)
+                          if o.output_type == "display_data"
+                          and "fiddledock-notice" in o.data.get("text/html", ""))
+        return self.text(cid, "stderr") + notices
 
     def shown(self, cid):
         """Everything a reader sees as text: streams and the plain form of rich outputs."""
@@ -196,14 +204,14 @@ def test_01_getting_started(execute):
 def test_02_safety(execute):
     ran = execute("02-safety.ipynb")
     assert "user id: 1000" in ran.text("setup")
-    assert "timed out after 2 s" in ran.text("timeout", "stderr")
+    assert "timed out after 2 s" in ran.told("timeout")
     assert ran.text("after-timeout").strip() == "I am still here"
-    stubborn = ran.text("stubborn", "stderr")
+    stubborn = ran.told("stubborn")
     assert "KeyboardInterrupt" in stubborn and "killed" in stubborn
     assert ran.text("after-stubborn").strip().endswith("is 'kept' still defined? False")
-    assert "out of memory" in ran.text("memory", "stderr")
+    assert "out of memory" in ran.told("memory")
     assert "still usable after the memory bomb" in ran.text("after-memory")
-    fork = ran.text("fork", "stderr")
+    fork = ran.told("fork")
     assert "hit the process limit (64)" in fork and "processes it started were ended" in fork
     assert "reset" not in fork  # nothing is left to end
     after_fork = ran.text("after-fork")
@@ -217,7 +225,7 @@ def test_02_safety(execute):
     assert "/etc/hacked.txt refused: Read-only file system" in disk
     flood = ran.text("flood")
     assert flood.startswith("line 0 ....") and len(flood) == 2048, len(flood)
-    told = ran.text("flood", "stderr")
+    told = ran.told("flood")
     assert told.count("[fiddledock]") == 1 and "output limit of 2.0 KiB reached" in told, told
     assert ran.text("survived").strip() == "the instance survived everything"
 
@@ -260,7 +268,7 @@ def test_04_classroom(execute):
     # One result per student, gathered back from each student's own instance.
     assert ran.value("check") == {"ada": 4, "grace": 4, "linus": 3,
                                   "margaret": "no answer (timed out)"}
-    assert "timed out after 3 s" in ran.text("check", "stderr")
+    assert "timed out after 3 s" in ran.told("check")
     report = ran.text("report")
     assert "ada        4/4" in report and "margaret   no answer (timed out)" in report
     views = [d for d in ran.data("panel") if "application/vnd.jupyter.widget-view+json" in d]

@@ -82,7 +82,7 @@ def test_rows_follow_instances_made_and_removed_by_the_magics(shell, panel, uniq
     name, image, status, uptime, memory, cpu = row_texts(panel, unique_name)
     assert name == unique_name
     assert image == manager_of(shell).config.image
-    assert status.endswith("idle")
+    assert status.endswith("ready")
     assert re.fullmatch(r"\d+s", uptime)
     assert re.fullmatch(r"\d+\.\d MiB / 512\.0 MiB", memory)
     assert re.fullmatch(r"\d+\.\d%", cpu)
@@ -158,7 +158,7 @@ def test_create_with_an_unknown_image_fails_inside_the_panel(shell, panel, uniqu
     assert panel.model.wait()
     message = text(panel.message)
     assert message.startswith("\u2716 creating %r failed: image 'fiddledock-no-such-image:404' "
-                              "not found" % unique_name)
+                              "is not installed" % unique_name)
     assert panel.fields["name"].value == unique_name  # kept, to fix and try again
     assert container(docker_client, unique_name, own_scope) is None
     assert "Traceback" not in capfd.readouterr().err

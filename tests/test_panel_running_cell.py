@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from conftest import stream_text
+from conftest import notice_text, stream_text
 
 SLEEPER = ("%%%%dockerrun %s\n"
            "print('started', flush=True)\n"
@@ -62,7 +62,7 @@ print('message:', _model.message_kind, _model.message)
 def ok(kernel, code):
     reply, msgs = kernel.execute(code, timeout=120)
     assert reply["status"] == "ok", (reply, stream_text(msgs, "stderr"))
-    return stream_text(msgs), stream_text(msgs, "stderr")
+    return stream_text(msgs), stream_text(msgs, "stderr") + notice_text(msgs)
 
 
 def run_ended_cell(kernel, name, action):
@@ -93,8 +93,8 @@ def test_restart_or_delete_ends_the_running_cell_and_says_so(kernel, unique_name
     reply, out, error = run_ended_cell(kernel, name, action)
     assert reply["status"] == "error"
     assert reply["ename"] == "CellEnded"
-    assert plain(error) == ("the cell was ended: instance %r was %s from the panel; "
-                            "its state is lost" % (name, done))
+    assert plain(error) == ("FiddleDock: the cell was stopped because instance %r was %s "
+                            "from the panel; its variables are gone" % (name, done))
     assert "started" in out and "finished" not in out
     assert "Traceback" not in error
 
@@ -106,7 +106,7 @@ def test_restart_or_delete_ends_the_running_cell_and_says_so(kernel, unique_name
     if action == "restart":
         assert message == ("info restarted %r: a new container, its state is lost; the cell "
                            "running in it was ended" % name)
-        assert "(%r, 'idle')" % name in report
+        assert "(%r, 'ready')" % name in report
     else:
         assert message == ("info deleted instance %r and its container; the cell running in "
                            "it was ended" % name)
@@ -137,13 +137,13 @@ def test_reset_ends_the_running_cell_and_keeps_the_container(kernel, unique_name
     reply, out, error = run_ended_cell(kernel, name, "reset")
     assert reply["status"] == "error"
     assert reply["ename"] == "CellEnded"
-    assert plain(error) == ("the cell was ended: instance %r was reset from the panel; "
-                            "its state is lost" % name)
+    assert plain(error) == ("FiddleDock: the cell was stopped because instance %r was reset "
+                            "from the panel; its variables are gone" % name)
     assert "started" in out and "finished" not in out
 
     report = ok(kernel, REPORT)[0]
     assert "seen: busy True" in report
-    assert "(%r, 'idle')" % name in report
+    assert "(%r, 'ready')" % name in report
     assert report.split("message: ", 1)[1].strip() == (
         "info reset %r: a fresh namespace in the same container; the cell running in it was "
         "ended" % name)

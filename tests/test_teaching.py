@@ -4,7 +4,7 @@ a note when a cell creates an instance, help and "did you mean" for typos."""
 import re
 import uuid
 
-from conftest import ok
+from conftest import notice_text, ok, stream_text
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -84,11 +84,14 @@ def test_traceback_frames_from_an_instance_cannot_colour_or_break_the_page():
 
 def test_a_cell_that_creates_its_instance_says_so_once(kernel):
     typo = name()
-    reply, _, _, text = cell(kernel, "%%%%dockerrun %s\nprint('hi')" % typo)
+    reply, msgs = kernel.execute("%%%%dockerrun %s\nprint('hi')" % typo)
     ok(reply)
-    assert plain([text]) == "[fiddledock] created new instance '%s'\nhi\n" % typo
-    reply, _, _, text = cell(kernel, "%%%%dockerrun %s\nprint('again')" % typo)
-    assert text == "again\n"
+    assert notice_text(msgs) == "[fiddledock] created new instance '%s'\n" % typo
+    assert [m["msg_type"] for _, m in msgs if m["msg_type"] in ("stream", "display_data")] == [
+        "display_data", "stream"]  # the notice first, then the cell's output
+    reply, msgs = kernel.execute("%%%%dockerrun %s\nprint('again')" % typo)
+    ok(reply)
+    assert notice_text(msgs) == "" and stream_text(msgs) == "again\n"
 
 
 # --- help and typos ----------------------------------------------------------------------

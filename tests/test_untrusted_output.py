@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from conftest import Kernel, _remove_scope, stream_text
+from conftest import Kernel, _remove_scope, is_notice, notice_text, stream_text
 from fiddledock_agent import protocol
 from fiddledock_magic._budget import CellBudget, Flood
 from fiddledock_magic._events import BadEvent, read_event
@@ -79,11 +79,16 @@ def texts(msgs, name="stdout"):
 
 
 def outputs(msgs, kind="display_data"):
-    return [m["content"] for m in msgs if m["msg_type"] == kind]
+    return [m["content"] for m in msgs if m["msg_type"] == kind and not is_notice(m)]
+
+
+def told(msgs):
+    """What the reader is told beneath the cell: stderr and FiddleDock's notices."""
+    return texts(msgs, "stderr") + notice_text([(0, m) for m in msgs])
 
 
 def notices(msgs):
-    return [line for line in texts(msgs, "stderr").splitlines() if "[fiddledock]" in line]
+    return notice_text([(0, m) for m in msgs]).splitlines()
 
 
 def one_clean_error(reply, msgs, *words):
@@ -101,7 +106,7 @@ def one_clean_error(reply, msgs, *words):
 def still_usable(k, name):
     """The attacked instance, the real one and `%dockerrun list` all work."""
     reply, msgs = run(k, name, "print('next cell', 6 * 7)")
-    assert reply["status"] == "ok", (reply, texts(msgs, "stderr"))
+    assert reply["status"] == "ok", (reply, told(msgs))
     assert "next cell 42" in texts(msgs)
     reply, msgs = run(k, "good", "print(kept + 1)")
     assert reply["status"] == "ok" and texts(msgs) == "42\n"
@@ -163,7 +168,7 @@ def test_endless_output_is_capped_then_the_container_is_stopped(k, hostile_image
     with rss_bounded(k):
         name, reply, msgs = attack(k, hostile_image, "#stream-flood")
     one_clean_error(reply, msgs, name, "far past this cell's limits", "container was stopped",
-                    "next cell restarts it")
+                    "next cell starts it again")
     assert texts(msgs) == "x" * (4 << 20)  # exactly the default cap, whatever the agent sent
     limit_notices = [n for n in notices(msgs) if "output limit" in n]
     assert len(limit_notices) == 1 and "output limit of 4.0 MiB reached" in limit_notices[0]
@@ -182,7 +187,7 @@ def test_the_next_cell_says_the_instance_was_restarted(k, hostile_image):
     assert reply["status"] == "error"
     reply, msgs = run(k, name, "print('again')")
     assert reply["status"] == "ok" and texts(msgs) == "again\n"
-    assert "was not running" in texts(msgs, "stderr") and "restarted it" in texts(msgs, "stderr")
+    assert "was not running" in told(msgs) and "restarted it" in told(msgs)
 
 
 def test_endless_displays_are_capped_then_the_container_is_stopped(k, hostile_image, limits):
@@ -210,11 +215,11 @@ def test_a_real_display_loop_past_the_limits_is_cut_never_stopped(k, limits):
     """A real agent keeps to its own ceiling (10 000 displays a cell): dropped, not a flood."""
     limits(display_limit=5)
     reply, msgs = run(k, "good", "for i in range(10005):\n    display(i)\nkept")
-    assert reply["status"] == "ok", texts(msgs, "stderr")
+    assert reply["status"] == "ok", told(msgs)
     assert [m["data"]["text/plain"] for m in outputs(msgs)] == ["0", "1", "2", "3", "4"]
     assert outputs(msgs, "execute_result") == []  # the value was the 10 006th output
     assert len([n for n in notices(msgs) if "display limit reached" in n]) == 1
-    assert "display output stopped: this cell sent 10000 displays" in texts(msgs, "stderr")
+    assert "display output stopped: this cell sent 10000 displays" in told(msgs)
     reply, msgs = run(k, "good", "from IPython.display import clear_output\n"
                                  "for i in range(20):\n    clear_output(wait=True)\n    display(i)")
     assert reply["status"] == "ok"  # outputs are counted since the last clear_output
@@ -246,7 +251,8 @@ MALFORMED = [
 def test_a_malformed_frame_is_one_clean_error(k, hostile_image, source, problem):
     with rss_bounded(k):
         name, reply, msgs = attack(k, hostile_image, source)
-    line = one_clean_error(reply, msgs, "MalformedEvent", name, problem, "next cell reconnects")
+    assert reply["ename"] == "MalformedEvent"
+    line = one_clean_error(reply, msgs, "cannot read", name, problem, "next cell connects again")
     assert "forged" not in texts(msgs) and "forged" not in line
     assert outputs(msgs) == []
     still_usable(k, name)
@@ -276,8 +282,8 @@ def test_a_flood_between_cells_costs_the_idle_kernel_nothing(k, hostile_image):
 def test_a_malformed_frame_with_no_raise_does_not_fail_the_cell(k, hostile_image):
     name, reply, msgs = attack(k, hostile_image, "#deep-json", "--no-raise")
     assert reply["status"] == "ok"
-    err = texts(msgs, "stderr")
-    assert "MalformedEvent" in err and name in err and "Traceback" not in err
+    err = told(msgs)
+    assert "cannot read" in err and name in err and "Traceback" not in err
     lines = [line for line in err.strip().splitlines() if "created new instance" not in line]
     assert len(lines) == 1, lines
     still_usable(k, name)
@@ -286,12 +292,12 @@ def test_a_malformed_frame_with_no_raise_does_not_fail_the_cell(k, hostile_image
 def test_odd_but_valid_values_are_shown_cleanly(k, hostile_image):
     """NaN, infinity, lone surrogates, JSON too deep to pass on: shown without an error."""
     name, reply, msgs = attack(k, hostile_image, "#odd-but-valid")
-    assert reply["status"] == "ok", texts(msgs, "stderr")
+    assert reply["status"] == "ok", told(msgs)
     shown = outputs(msgs)
     assert shown[0]["data"]["text/plain"] == "ok"
     assert shown[0]["metadata"] == {"x": None, "y": None, "s": "?"}
     assert shown[1]["data"] == {"text/plain": "deep"}  # the JSON part was left out
-    err = texts(msgs, "stderr")
+    err = told(msgs)
     assert "a JSON output (200 bytes) was not shown" in err and "lone ? surrogate" in err
 
 
@@ -301,7 +307,7 @@ def test_an_agent_that_never_ends_the_cell_is_stopped_at_the_deadline(k, hostile
     limits(interrupt_grace=0.5)
     name, reply, msgs = attack(k, hostile_image, "#no-done", "--timeout 1")
     one_clean_error(reply, msgs, name, "did not end", "after its 1 s time limit",
-                    "container was stopped", "next cell restarts it")
+                    "container was stopped", "next cell starts it again")
     still_usable(k, name)
 
 
@@ -325,7 +331,7 @@ def test_a_5_mb_png_from_a_real_agent_is_shown(k):
     reply, msgs = run(k, "good", "from IPython.display import Image\n"
                                  "display(Image(data=b'\\x89PNG\\r\\n\\x1a\\n' + bytes(5_000_000), "
                                  "format='png'))")
-    assert reply["status"] == "ok", texts(msgs, "stderr")
+    assert reply["status"] == "ok", told(msgs)
     png = base64.b64decode(outputs(msgs)[0]["data"]["image/png"])
     assert png.startswith(b"\x89PNG") and len(png) == 5000008
 
