@@ -101,13 +101,13 @@ def test_cleanup_forgets_the_connection_to_a_removed_instance(manager, backend):
 # --- stopped status ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("state, exit_code, oom, status, note", [
-    ("exited", 0, False, "stopped", "exit code 0"),      # idle self-stop
-    ("exited", 137, False, "stopped", "exit code 137"),  # killed
-    ("exited", 143, False, "stopped", "exit code 143"),  # docker stop
-    ("exited", 1, False, "dead", "exit code 1"),         # crashed
-    ("dead", 0, False, "dead", "exit code 0"),           # the engine says dead
-    ("created", 0, False, "stopped", "never started"),
-    ("exited", 137, True, "dead", "out of memory"),
+    ("exited", 0, False, "stopped", "it ended with exit code 0"),      # idle self-stop
+    ("exited", 137, False, "stopped", "it ended with exit code 137"),  # killed
+    ("exited", 143, False, "stopped", "it ended with exit code 143"),  # docker stop
+    ("exited", 1, False, "crashed", "it ended with exit code 1"),       # crashed
+    ("dead", 0, False, "crashed", "it ended with exit code 0"),         # the engine says dead
+    ("created", 0, False, "stopped", "it was never started"),
+    ("exited", 137, True, "crashed", "it ran out of memory"),
 ])
 def test_a_stopped_container_is_reported_as_it_ended(manager, backend, state, exit_code, oom,
                                                      status, note):
@@ -123,9 +123,9 @@ def test_running_instances_report_usage_and_whether_this_kernel_is_connected(man
     add_pool_container(backend, manager.scope, "elsewhere:1")  # never a row
     rows = {row.name: row for row in manager.statuses()}
     assert sorted(rows) == ["elsewhere", "mine"]
-    assert rows["mine"].status == "idle" and rows["mine"].is_default is False
+    assert rows["mine"].status == "ready" and rows["mine"].is_default is False
     assert (rows["elsewhere"].status, rows["elsewhere"].note) == (
-        "running", "not connected from this kernel")
+        "not connected", "this kernel has not used it yet; the next cell connects to it")
     assert rows["mine"].memory_used == 10 << 20 and rows["mine"].cpu_percent == 1.5
     assert rows["mine"].memory_limit == 512 << 20 and rows["mine"].uptime is not None
 
@@ -134,7 +134,7 @@ def test_a_stopped_instance_is_restarted_by_its_next_use_and_says_why(manager, b
     add_instance(backend, "x", manager.scope, state="exited", oom_killed=True)
     notices = []
     inst = manager.get("x", notice=notices.append)
-    assert notices == ["instance 'x' was not running (its container ran out of memory and "
+    assert notices == ["instance 'x' was not running (it ran out of memory and "
                        "was stopped); restarted it: its previous state is lost"]
     assert backend.inspect(inst.container_id).running
 

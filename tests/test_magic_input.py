@@ -10,7 +10,7 @@ import random
 import pytest
 from IPython.core.error import UsageError
 
-from fiddledock_magic import FiddleDockError, InstanceNotFound
+from fiddledock_magic import FiddleDockError
 from fiddledock_magic._config import DockerRun
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._spec import InstanceSpec, InvalidSetting, scope_id

@@ -123,12 +123,12 @@ def test_the_contrast_measure_fails_what_was_unreadable():
 
 
 def test_notices_and_status_colours_have_a_contrast_of_at_least_4_5():
-    from fiddledock_magic._panel import STATUS_COLORS
+    from fiddledock_magic._panel_rows import RESULT_COLORS, STATUS_COLORS
     from fiddledock_magic._render import NOTICE_COLORS
     assert contrast(NOTICE_COLORS["text"], NOTICE_COLORS["background"]) >= 4.5
     assert contrast(NOTICE_COLORS["edge"], NOTICE_COLORS["background"]) >= 3.0  # not text
-    for status, colour in STATUS_COLORS.items():  # status text on the panel's white
-        assert contrast(colour, "#ffffff") >= 4.5, (status, colour)
+    for status, colour in list(STATUS_COLORS.items()) + list(RESULT_COLORS.items()):
+        assert contrast(colour, "#ffffff") >= 4.5, (status, colour)  # text on the panel's white
 
 
 def test_a_notice_is_one_escaped_block_that_wraps_between_words():
@@ -141,5 +141,5 @@ def test_a_notice_is_one_escaped_block_that_wraps_between_words():
 
 @pytest.mark.parametrize("status", ["ready", "busy", "not connected", "stopped", "crashed"])
 def test_every_status_has_a_colour(status):
-    from fiddledock_magic._panel import STATUS_COLORS
+    from fiddledock_magic._panel_rows import STATUS_COLORS
     assert status in STATUS_COLORS
