@@ -34,6 +34,7 @@ import weakref
 from traitlets import Bool, Dict, Enum, Float, HasTraits, List, Unicode, link
 
 from ._errors import short_error
+from ._outcome import STATUSES
 from ._panel_batch import Batch
 from ._panel_form import FIELDS, check_create_form
 from ._spec import InvalidSetting, check_name
@@ -41,7 +42,7 @@ from ._spec import InvalidSetting, check_name
 REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
 ACTIONS = ("restart", "reset", "delete")  # on one row, or on every selected row at once
 CONFIRMED = ("restart", "delete")  # actions that lose the instance's state ask first
-RESULTS = ("ok", "error", "timeout", "interrupted")  # a cell's last result
+RESULTS = STATUSES  # a cell's last result
 BY = "from the panel"  # who acted, in the message of a cell that an action ended
 
 
