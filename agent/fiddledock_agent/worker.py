@@ -25,6 +25,7 @@ import traceback
 import uuid
 
 from fiddledock_agent import display as display_mod
+from fiddledock_agent import hints, usersite
 from fiddledock_agent import hooks as hooks_mod
 from fiddledock_agent import mpl as mpl_mod
 from fiddledock_agent import protocol
@@ -313,6 +314,7 @@ class Worker:
         """Run source; the ``done`` header to send."""
         lines = source.splitlines(True)
         linecache.cache[filename] = (len(source), None, lines, filename)
+        usersite.refresh()  # packages installed since the last cell
         try:
             tree = ast.parse(source, filename, "exec")
             last = None
@@ -333,7 +335,8 @@ class Worker:
             return {"status": "interrupted", "error": _format_error(exc, filename)}
         except BaseException as exc:  # the user's exception, reported like IPython would
             self.flush()
-            return {"status": "error", "error": _format_error(exc, filename)}
+            return {"status": "error",
+                    "error": hints.explain(_format_error(exc, filename), exc, source)}
         finally:
             self.flush()
         return {"status": "ok"}
