@@ -19,8 +19,10 @@ there.
 """
 
 import dataclasses
+import filecmp
 import os
 import re
+import shutil
 import subprocess
 import sys
 from typing import Dict, List
@@ -248,9 +250,12 @@ def download(request, target, progress, cache=None):
     code, lines = _run_pip(cmd, progress)
     if code != 0:
         raise _why_not(lines, request, target, cache)
-    chosen = []
+    chosen, local = [], {}
     for line in lines:
         line = line.strip()
+        if line.startswith("Processing ") and line.split()[1].endswith(".whl"):
+            path = line.split()[1]
+            local[os.path.basename(path)] = path
         for prefix in SAVED:
             if line.startswith(prefix):
                 path = os.path.realpath(line[len(prefix):].strip())
@@ -259,7 +264,16 @@ def download(request, target, progress, cache=None):
     if not chosen:
         raise InstallError("pip finished but did not say which wheels it chose (pip %s)"
                            % " ".join(request.words))
+    for path in chosen:
+        _refresh_from(local.get(os.path.basename(path)), path)
     return sorted(set(chosen))
+
+
+def _refresh_from(source, cached):
+    """A wheel rebuilt in a local folder under the same name replaces its cached copy
+    (pip keeps a file it finds in the cache; an index's files never change, a folder's may)."""
+    if source and os.path.isfile(source) and not filecmp.cmp(source, cached, shallow=False):
+        shutil.copyfile(source, cached)
 
 
 def _pip_env():

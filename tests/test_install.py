@@ -5,15 +5,16 @@ Every package here is made by the test (``tests/wheels.py``) and found with
 to a cache folder of the test's own (``FIDDLEDOCK_WHEEL_CACHE``).
 """
 
-import os
 import uuid
+import zipfile
 
 import pytest
 from IPython.core.error import UsageError
 
 from fiddledock_magic import _package_image
 from fiddledock_magic._extension import manager_of
-from fiddledock_magic._wheelhouse import InstallError, WheelsOnly
+from fiddledock_magic._wheelhouse import (InstallError, Target, WheelsOnly, check_words,
+                                          download)
 from wheels import make_sdist, make_wheel
 
 from conftest import ok
@@ -149,6 +150,7 @@ def test_image_build_then_cache_hit(shell, own_scope, line_magic, run, wheelhous
     try:
         out = line_magic("image build %s %s" % (tag, install_words(folder, pkg)))
         assert "built %s (%s==1.0)" % (tag, pkg) in out, out
+        assert "Step 1/" in out  # the build's own lines, beneath the cell
         labels = docker_client.images.get(tag).labels
         assert len(labels[_package_image.INPUTS_LABEL]) == 64
         out = line_magic("image build %s %s" % (tag, install_words(folder, pkg)))
@@ -167,3 +169,58 @@ def test_default_image_has_pandas_and_pip(run, unique_name):
     value, out, err = run("import pandas, pip\ndf = pandas.DataFrame({'a': [1, 2]})\n"
                           "int(df.a.sum())", unique_name)
     assert repr(value) == "3", (out, err)
+
+
+# --- the notebook side alone (no engine) ---------------------------------------------
+
+TARGET = {"python": "3.11", "implementation": "cpython", "abi": "cp311", "machine": "x86_64",
+          "libc": ["glibc", "2.36"], "installed": {"NumPy": "1.24.2"}}
+
+
+def test_the_instance_s_platform_becomes_pip_s_target():
+    target = Target.from_probe(TARGET)
+    words = target.pip_words()
+    assert words[:7] == ["--only-binary=:all:", "--python-version", "3.11",
+                         "--implementation", "cp", "--abi", "cp311"]
+    platforms = words[8::2]
+    assert platforms[0] == "manylinux_2_36_x86_64" and "manylinux_2_17_x86_64" in platforms
+    assert platforms[-4:] == ["manylinux2014_x86_64", "manylinux2010_x86_64",
+                              "manylinux1_x86_64", "linux_x86_64"]
+    assert target.installed == {"numpy": "1.24.2"}
+    for bad in ({}, dict(TARGET, python="4; rm -rf /"), dict(TARGET, machine="x86 64")):
+        with pytest.raises(InstallError):
+            Target.from_probe(bad)
+
+
+def test_a_wheel_rebuilt_in_a_local_folder_replaces_its_cached_copy(tmp_path):
+    folder, cache = tmp_path / "wheelhouse", tmp_path / "cache"
+    folder.mkdir()
+    name = "fdrebuilt%s" % uuid.uuid4().hex[:6]
+    make_wheel(folder, name, "1.0", {"%s.py" % name: "V = 1\n"})
+    request = check_words(["--no-index", "--find-links", str(folder), name])
+    target = Target.from_probe(TARGET)
+    first = download(request, target, lambda line: None, cache=str(cache))
+    make_wheel(folder, name, "1.0", {"%s.py" % name: "V = 2\n"})
+    lines = []
+    second = download(request, target, lines.append, cache=str(cache))
+    assert first == second and any("already downloaded" in line for line in lines)
+    with zipfile.ZipFile(second[0]) as whl:
+        assert whl.read("%s.py" % name) == b"V = 2\n"
+
+
+def test_requirements_that_pip_would_build_are_refused_by_name(tmp_path):
+    nested = tmp_path / "more.txt"
+    nested.write_text("-e ./src\n")
+    top = tmp_path / "requirements.txt"
+    top.write_text("pandas>=2 ; python_version >= '3.9'\n-r more.txt\n")
+    with pytest.raises(WheelsOnly) as info:
+        check_words(["-r", str(top)])
+    assert str(info.value).startswith("-e ./src (more.txt, line 1): -e would build")
+    for words, why in ((["git+https://example.org/x.git"], "a URL that is not a wheel"),
+                       (["x @ https://example.org/x-1.0.tar.gz"], "a URL that is not a wheel"),
+                       ([str(tmp_path)], "a folder or source archive")):
+        with pytest.raises(WheelsOnly, match=why):
+            check_words(words)
+    request = check_words(["Pandas>=2", "--pre", "-i", "https://example.org/simple",
+                           "x @ https://example.org/x-1.0-py3-none-any.whl"])
+    assert request.names == ["pandas", "x"]
