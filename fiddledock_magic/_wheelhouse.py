@@ -307,6 +307,7 @@ def _why_not(lines, request, target, cache):
     if any("No module named pip" in line for line in lines):
         return InstallError("this kernel's Python has no pip (%s -m pip); install it here"
                             % sys.executable)
+    other_wheels = []
     for requirement in missing:
         cmd = [sys.executable, "-m", "pip", "download", "--dest", cache, "--no-deps", "-vv",
                "--progress-bar", "off"] + target.pip_words() + _sources_words(request.words) \
@@ -318,11 +319,15 @@ def _why_not(lines, request, target, cache):
             return WheelsOnly(requirement, "only a source distribution was found (%s), no "
                               "wheel for %s" % (", ".join(sorted(set(sources))[:3]),
                                                 target.describe()))
+        if any("none of the wheel's tags" in line for line in verbose):
+            other_wheels.append(requirement)
+    if other_wheels:
+        return InstallError("%s: pip found wheels, but none for the instance's %s. %s"
+                            % (", ".join(other_wheels), target.describe(), WHEELS_ONLY_HELP))
     if missing:
-        return InstallError("no wheel of %s for the instance's %s: pip found none that fits "
-                            "(%s). %s" % (", ".join(missing), target.describe(),
-                                          lines[-1].strip() if lines else "",
-                                          WHEELS_ONLY_HELP))
+        return InstallError("pip found no %s for the instance's %s: is the name right, and is "
+                            "it on the index or in the folder you named?"
+                            % (", ".join(missing), target.describe()))
     tail = [line for line in lines if line.strip()][-3:]
     return InstallError("pip download failed: %s" % " / ".join(tail))
 

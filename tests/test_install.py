@@ -5,6 +5,7 @@ Every package here is made by the test (``tests/wheels.py``) and found with
 to a cache folder of the test's own (``FIDDLEDOCK_WHEEL_CACHE``).
 """
 
+import os
 import uuid
 import zipfile
 
@@ -131,6 +132,27 @@ def test_disk_too_small_is_a_clear_error_and_nothing_is_installed(shell, run, li
     assert repr(value) == "True"
 
 
+def test_pip_failing_half_way_leaves_nothing_installed(shell, run, line_magic, unique_name,
+                                                       tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FIDDLEDOCK_WHEEL_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    tag = uuid.uuid4().hex[:6]
+    first, second, clash = "fdfirst%s" % tag, "fdsecond%s" % tag, "fdclash%s" % tag
+    # pip installs the dependency first; the second wheel then needs a file where the
+    # first one made a folder, and pip fails with the first one already in place
+    make_wheel(folder, first, "1.0", {"%s/__init__.py" % clash: "", "%s.py" % first: ""})
+    make_wheel(folder, second, "1.0", {clash: "not a folder"}, requires=[first])
+    run("pass", unique_name)
+    with pytest.raises(InstallError) as info:
+        line_magic("install %s %s" % (unique_name, install_words(folder, second)))
+    assert "nothing was installed" in str(info.value)
+    assert "Installing collected packages: %s, %s" % (first, second) in capsys.readouterr().out
+    value, _, _ = run("import os, site\nsorted(os.listdir(site.getusersitepackages()))",
+                      unique_name)
+    assert repr(value) == "[]"
+
+
 def test_bad_input_is_a_short_message(shell, line_magic, unique_name, wheelhouse):
     folder, pkg, _ = wheelhouse
     with pytest.raises(InstallError, match="no instance named"):
@@ -224,3 +246,20 @@ def test_requirements_that_pip_would_build_are_refused_by_name(tmp_path):
     request = check_words(["Pandas>=2", "--pre", "-i", "https://example.org/simple",
                            "x @ https://example.org/x-1.0-py3-none-any.whl"])
     assert request.names == ["pandas", "x"]
+
+
+def test_no_fitting_wheel_and_no_such_package_are_told_apart(tmp_path):
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    name = "fdwindows%s" % uuid.uuid4().hex[:6]
+    path = make_wheel(folder, name, "1.0", {"%s.py" % name: ""})
+    os.rename(path, str(folder / ("%s-1.0-cp311-cp311-win_amd64.whl" % name)))
+    target = Target.from_probe(TARGET)
+    with pytest.raises(InstallError, match="%s: pip found wheels, but none for the instance's "
+                                           "Python 3.11" % name):
+        download(check_words(["--no-index", "-f", str(folder), name]), target, lambda line: None,
+                 cache=str(tmp_path / "cache"))
+    with pytest.raises(InstallError, match="pip found no fdnosuch for the instance's Python "
+                                           "3.11 .* is the name right"):
+        download(check_words(["--no-index", "-f", str(folder), "fdnosuch"]), target, lambda line: None,
+                 cache=str(tmp_path / "cache"))
