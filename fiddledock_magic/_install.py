@@ -26,6 +26,7 @@ from ._errors import TransferError, format_size, plain_text
 from ._wheelhouse import InstallError
 
 SHOWN_LINES = 200  # lines of the instance's pip output shown; the rest is counted
+OUTPUT_LIMIT = 4 << 20  # bytes of it read at most: pip says far less, a flood is stopped
 WHEELHOUSE = "/tmp/.fiddledock-wheels-%s"
 
 
@@ -34,8 +35,13 @@ class _Lines:
 
     def __init__(self, progress):
         self.progress, self.pending, self.shown, self.hidden = progress, b"", 0, 0
+        self.received = 0
 
     def feed(self, chunk):
+        self.received += len(chunk)
+        if self.received > OUTPUT_LIMIT:
+            raise TransferError("the instance's installer sent more than %s of output; "
+                                "stopped reading it" % format_size(OUTPUT_LIMIT))
         self.pending += chunk
         *lines, self.pending = self.pending.split(b"\n")
         for line in lines:

@@ -12,7 +12,8 @@ import zipfile
 import pytest
 from IPython.core.error import UsageError
 
-from fiddledock_magic import _package_image
+from fiddledock_magic import _install, _package_image
+from fiddledock_magic._errors import TransferError
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._wheelhouse import (InstallError, Target, WheelsOnly, check_words,
                                           download)
@@ -151,6 +152,28 @@ def test_pip_failing_half_way_leaves_nothing_installed(shell, run, line_magic, u
     value, _, _ = run("import os, site\nsorted(os.listdir(site.getusersitepackages()))",
                       unique_name)
     assert repr(value) == "[]"
+
+
+def test_an_installer_that_floods_is_stopped(shell, run, line_magic, unique_name, wheelhouse,
+                                             monkeypatch):
+    """What comes out of the instance is untrusted: a hostile installer (here: one that
+    prints without end) is cut off and its instance stopped; the next cell starts it again."""
+    folder, pkg, _ = wheelhouse
+    run("pass", unique_name)
+    real = _install.wheelinstall_source()
+    flood = "import sys\nwhile True:\n    sys.stdout.write('x' * 9999 + '\\n')\n"
+    calls = []
+
+    def source():  # the probe is the real one; the install floods
+        calls.append(1)
+        return real if len(calls) == 1 else flood
+    monkeypatch.setattr(_install, "wheelinstall_source", source)
+    with pytest.raises(TransferError) as info:
+        line_magic("install %s %s" % (unique_name, install_words(folder, pkg)))
+    assert "sent more than 4.0 MiB of output" in str(info.value)
+    assert "was stopped" in str(info.value)
+    value, _, err = run("1 + 1", unique_name)
+    assert repr(value) == "2"
 
 
 def test_bad_input_is_a_short_message(shell, line_magic, unique_name, wheelhouse):
