@@ -189,11 +189,14 @@ def test_bad_input_is_a_short_message(shell, line_magic, unique_name, wheelhouse
 
 
 def test_image_build_then_cache_hit(shell, own_scope, line_magic, run, wheelhouse,
-                                    docker_client):
+                                    docker_client, tmp_path):
     folder, pkg, dep = wheelhouse
     tag = "fiddledock-test-packages:%s" % uuid.uuid4().hex[:8]
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("%s>=1.0\n" % pkg)
     try:
-        out = line_magic("image build %s %s" % (tag, install_words(folder, pkg)))
+        out = line_magic("image build %s --no-index --find-links %s -r %s"
+                         % (tag, folder, requirements))
         assert "built %s (%s==1.0)" % (tag, pkg) in out, out
         assert "Step 1/" in out  # the build's own lines, beneath the cell
         labels = docker_client.images.get(tag).labels
