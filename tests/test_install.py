@@ -64,7 +64,8 @@ def test_install_then_import_in_the_next_cell(shell, run, line_magic, unique_nam
         "NetworkMode"] == "none"
 
 
-def test_install_in_a_kernel_then_import_without_restart(kernel, tmp_path):
+def test_install_in_a_kernel_then_import_without_restart(kernels, tmp_path):
+    kernel = kernels(env={"FIDDLEDOCK_WHEEL_CACHE": str(tmp_path / "cache")})
     folder = tmp_path / "wheelhouse"
     folder.mkdir()
     pkg = "fdkernel%s" % uuid.uuid4().hex[:6]

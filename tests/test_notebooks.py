@@ -262,7 +262,8 @@ def test_04_classroom(execute):
     assert sorted(n[0] for n in names if n) == students, names
 
 
-def test_06_packages_without_network(execute):
+def test_06_packages_without_network(execute, monkeypatch, tmp_path):
+    monkeypatch.setenv("FIDDLEDOCK_WHEEL_CACHE", str(tmp_path / "cache"))  # the kernel's
     ran = execute("06-packages-without-network.ipynb")
     table = [d["text/html"] for d in ran.data("dataframe") if "text/html" in d]
     assert len(table) == 1 and "<table" in table[0] and "margaret" in table[0], ran.outputs(
