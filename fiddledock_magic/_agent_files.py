@@ -35,3 +35,9 @@ def boot_payload():
     """``(module order, JSON payload of the sources)`` for the boot frame."""
     sources = {name: (agent_dir() / ("%s.py" % name)).read_text("utf-8") for name in MODULES}
     return list(MODULES), json.dumps(sources).encode("utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def wheelinstall_source():
+    """The text run as ``python3 -I -S -c`` in the container for ``%dockerrun install``."""
+    return (agent_dir() / "wheelinstall.py").read_text("utf-8")

@@ -5,6 +5,7 @@ instance layer does the work. Parsing uses IPython's MagicArgumentParser, so
 a bad subcommand or value is a short ``UsageError``.
 """
 
+import argparse
 import difflib
 import html
 import shlex
@@ -14,7 +15,7 @@ import textwrap
 from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import publish_display_data
 
-from . import _files
+from . import _files, _install, _package_image
 from ._config import MAX_POOL_SIZE
 from ._errors import ImageNotFound, IPythonUsageError, UsageError, plain_text
 from ._spec import NETWORKS, RUNTIMES, InstanceSpec, check_name, shown
@@ -35,6 +36,8 @@ EXAMPLES = {
     "put": "%dockerrun put data.csv alice:/home/sandbox/data.csv",
     "get": "%dockerrun get alice:/home/sandbox/results results",
     "panel": "%dockerrun panel",
+    "install": "%dockerrun install alice pandas seaborn",
+    "image": "%dockerrun image build class:1 scikit-learn -r requirements.txt",
 }
 
 
@@ -95,6 +98,22 @@ def build_parser():
     get.add_argument("local", metavar="LOCAL")
     get.add_argument("--force", action="store_true",
                      help="Replace that one file or folder if it exists (never merged into).")
+    install = sub.add_parser("install", add_help=False,
+                             help="Install packages in an instance that has no network: pip "
+                                  "downloads wheels here (your pip settings, wheels only, "
+                                  "cached), they are installed in the instance's home folder; "
+                                  "pip options pass through: --index-url URL, --no-index "
+                                  "--find-links DIR, -r requirements.txt ...")
+    install.add_argument("name")
+    install.add_argument("pip", nargs=argparse.REMAINDER, metavar="PKG... [pip options]")
+    image = sub.add_parser("image", add_help=False,
+                           help="image build TAG PKG... [pip options]: an image FROM "
+                                "DockerRun.image with these packages (as install gets them; "
+                                "no network in the build; the same inputs again are a cache "
+                                "hit), for --image TAG")
+    image.add_argument("action", choices=("build",))
+    image.add_argument("tag", metavar="TAG")
+    image.add_argument("pip", nargs=argparse.REMAINDER, metavar="PKG... [pip options]")
     sub.add_parser("panel", add_help=False,
                    help="Show the instance panel (ipywidgets): every instance with its "
                         "status and resources; create, restart, reset, delete, make default.")
@@ -338,11 +357,24 @@ class LineCommands:
         limit = _files.transfer_limit(self.manager.config)
         print(_files.get(self.manager, args.source, args.local, limit, force=args.force))
 
+    def cmd_install(self, args):
+        limit = _files.transfer_limit(self.manager.config)
+        print(_install.install(self.manager, check_name(args.name), args.pip, limit,
+                               progress=_say))
+
+    def cmd_image(self, args):
+        print(_package_image.build(self.manager, args.tag, args.pip, progress=_say))
+
     def cmd_panel(self, args):
         # Returned, not displayed: the cell shows it, and `p = %dockerrun panel` keeps it.
         # Imported here so that loading the extension does not import ipywidgets.
         from ._panel import panel_for
         return panel_for(self.manager, self.shell)
+
+
+def _say(line):
+    """A progress line beneath the cell, at once."""
+    print(line, flush=True)
 
 
 def _whose(cell, verb):

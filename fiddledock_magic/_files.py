@@ -94,9 +94,9 @@ class _Exec:
     the sandbox user's identity, so it runs as the container's own user.
     """
 
-    def __init__(self, backend, container_id, as_root, request):
+    def __init__(self, backend, container_id, as_root, request, source=None):
         request = dict(request, uid=SANDBOX_UID, home=SANDBOX_HOME)
-        cmd = ["python3", "-I", "-S", "-c", helper_source(), json.dumps(request)]
+        cmd = ["python3", "-I", "-S", "-c", source or helper_source(), json.dumps(request)]
         self.backend = backend
         self.exec_id, self.sock, self._keepalive = backend.exec_socket(
             container_id, cmd, user="0" if as_root else None, workdir="/")
@@ -179,9 +179,12 @@ class _Exec:
 
 
 @contextlib.contextmanager
-def _helper(backend, container_id, as_root, request, name):
-    """The helper's exec for one transfer; closed however the transfer ends."""
-    proc = _Exec(backend, container_id, as_root, request)
+def _helper(backend, container_id, as_root, request, name, source=None):
+    """The helper's exec for one transfer; closed however the transfer ends.
+
+    ``source``: another helper's text run the same way (the wheel installer).
+    """
+    proc = _Exec(backend, container_id, as_root, request, source)
     try:
         yield proc
     except TransferError as exc:

@@ -3,7 +3,7 @@
 One Dockerfile (``image/Dockerfile``) serves two routes, chosen here:
 
 * registry route: ``python:3.12-slim`` is present or can be pulled; the
-  Dockerfile pip-installs numpy and matplotlib on top of it;
+  Dockerfile pip-installs numpy, matplotlib and pandas on top of it;
 * offline route: no registry answers, so a Python base is bootstrapped from
   Debian's packages (``_rootfs``), imported as ``fiddledock-base:bookworm``
   and used as ``BASE``.
@@ -22,8 +22,10 @@ import time
 from . import _rootfs
 from ._errors import FiddleDockError, ImageBuildError, format_size, short_error
 
-DEFAULT_IMAGE = "fiddledock-sandbox:1"
-BASE_IMAGE_OFFLINE = "fiddledock-base:bookworm"
+DEFAULT_IMAGE = "fiddledock-sandbox:2"
+# The offline base is named after its package list (_rootfs.EXTRA_PACKAGES):
+# a base of an older list must not be taken for it.
+BASE_IMAGE_OFFLINE = "fiddledock-base:bookworm-2"
 BASE_IMAGE_REGISTRY = "python:3.12-slim"
 # An imported image has no config at all; it gets what a Python base image carries.
 OFFLINE_BASE_CONFIG = (
@@ -77,7 +79,7 @@ def build_default_image(images, tag=DEFAULT_IMAGE, progress=_noop):
 def build_sandbox_image(images, tag, base, network=True, progress=_noop):
     """Build the Dockerfile on top of base as tag.
 
-    ``network=False`` for a base that already has numpy and matplotlib: the
+    ``network=False`` for a base that already has numpy, matplotlib and pandas: the
     build then installs nothing and needs no network.
     """
     ctx = context_dir()
@@ -120,7 +122,7 @@ def _try_pull(images, ref, progress):
 
 
 def build_offline_base(images, tag=BASE_IMAGE_OFFLINE, progress=_noop):
-    """Bootstrap Debian with Python, numpy and matplotlib and import it as tag.
+    """Bootstrap Debian with Python, numpy, matplotlib, pandas and pip and import it as tag.
 
     The tarball goes through the engine's API, so a remote engine works too.
     """

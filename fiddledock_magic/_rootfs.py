@@ -1,4 +1,4 @@
-"""A Debian root filesystem with Python, numpy and matplotlib, as a tarball.
+"""A Debian root filesystem with Python, numpy, matplotlib, pandas and pip, as a tarball.
 
 The offline route to the default image: when no registry answers, Debian's
 own packages (debootstrap, then apt-get in a chroot) give a Python base.
@@ -23,7 +23,10 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BOOTSTRAP_PACKAGES = ("python3",)
 # python3-munkres satisfies python3-fonttools' "python3-scipy | python3-munkres"
 # cheaply; apt would otherwise pick scipy and with it a C/C++ toolchain.
-EXTRA_PACKAGES = ("python3-numpy", "python3-matplotlib", "python3-munkres")
+# python3-pip only installs from a wheelhouse copied in (%dockerrun install):
+# instances have no network.
+EXTRA_PACKAGES = ("python3-numpy", "python3-matplotlib", "python3-munkres", "python3-pandas",
+                  "python3-pip")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "ftp_proxy")
 OUTPUT_TAIL = 15  # lines of a failed command's output kept for its error

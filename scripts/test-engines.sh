@@ -10,7 +10,7 @@
 #
 # Engine NAME-i listens on unix:///run/fiddledock-test/NAME-i.sock (point
 # DOCKER_HOST there) and has the image $FIDDLEDOCK_TEST_IMAGE (default
-# fiddledock-sandbox:1) loaded from the main engine: there is no registry.
+# fiddledock-sandbox:2) loaded from the main engine: there is no registry.
 # Its dockerd runs in network namespace NAME-i, entered with nsenter (not
 # `ip netns exec`, which remounts /sys and hides the cgroup mounts): a second
 # dockerd in the host's namespace would rewrite the main engine's bridge and
@@ -26,7 +26,7 @@ set -euo pipefail
 
 RUN_DIR=/run/fiddledock-test        # sockets, pidfiles, exec roots
 DATA_DIR=/var/lib/fiddledock-test   # data roots, logs
-IMAGE=${FIDDLEDOCK_TEST_IMAGE:-fiddledock-sandbox:1}
+IMAGE=${FIDDLEDOCK_TEST_IMAGE:-fiddledock-sandbox:2}
 SUBNET=10.213.0
 WAIT_SECONDS=30
 

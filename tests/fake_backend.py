@@ -26,7 +26,7 @@ MUX = struct.Struct(">BxxxL")  # Docker's stream header, as the exec stream carr
 class FakeBackend(Backend):
     """Containers kept in memory; ``calls`` records what was asked, in order."""
 
-    def __init__(self, images=("fiddledock-sandbox:1",), runtimes=("runc",),
+    def __init__(self, images=("fiddledock-sandbox:2",), runtimes=("runc",),
                  capacity=(2, 4 << 30)):
         self.containers = {}  # id -> Container
         self.image_names = set(images)
@@ -42,7 +42,7 @@ class FakeBackend(Backend):
 
     # --- helpers for tests ------------------------------------------------------
     def add(self, name, labels, state="running", exit_code=0, oom_killed=False,
-            image="fiddledock-sandbox:1"):
+            image="fiddledock-sandbox:2"):
         """A container as if something else had made it; returns it."""
         labels = dict(labels, **{LABEL: "1"})
         container = Container(id=uuid.uuid4().hex, name=name, labels=labels, state=state,

@@ -142,7 +142,7 @@ def test_a_stopped_instance_is_restarted_by_its_next_use_and_says_why(manager, b
 # --- restart: settings -> labels -> settings -------------------------------------------------
 
 def test_restart_makes_a_new_container_with_the_same_settings(manager, backend):
-    spec = InstanceSpec(image="fiddledock-sandbox:1", memory="256m", cpus=0.5, pids=64,
+    spec = InstanceSpec(image="fiddledock-sandbox:2", memory="256m", cpus=0.5, pids=64,
                         disk="32m", env={"GREETING": "hi there", "EMPTY": ""}).validate()
     first = manager.create("r", spec)
     manager.restart("r")
@@ -186,7 +186,7 @@ def test_the_pool_fills_hands_out_a_matching_container_and_refills(manager, back
 def test_other_settings_are_not_served_from_the_pool(manager, backend):
     manager.pool.resize(1, wait=True, timeout=20)
     pooled = set(backend.containers)
-    inst = manager.create("big", InstanceSpec(image="fiddledock-sandbox:1", memory="1g"))
+    inst = manager.create("big", InstanceSpec(image="fiddledock-sandbox:2", memory="1g"))
     assert inst.container_id not in pooled
     assert manager.pool.ready_count() == 1
 
@@ -226,7 +226,7 @@ def test_a_missing_image_is_a_pool_error_not_a_crash(manager, backend):
     backend.image_names.clear()
     manager.pool.resize(1)
     assert manager.pool.wait(20) is False
-    assert "image 'fiddledock-sandbox:1' not found on the Docker engine; the pool cannot " \
+    assert "image 'fiddledock-sandbox:2' not found on the Docker engine; the pool cannot " \
         "fill" in manager.pool.describe()
     assert pool_names(backend) == []
 

@@ -276,3 +276,18 @@ def test_04_classroom(execute):
     # The panel shows a row per student.
     names = [re.sub(r"<[^>]*>", " ", v).split() for v in json.loads(ran.probes["panel"])]
     assert sorted(n[0] for n in names if n) == students, names
+
+
+def test_06_packages_without_network(execute, monkeypatch, tmp_path):
+    monkeypatch.setenv("FIDDLEDOCK_WHEEL_CACHE", str(tmp_path / "cache"))  # the kernel's
+    ran = execute("06-packages-without-network.ipynb")
+    table = [d["text/html"] for d in ran.data("dataframe") if "text/html" in d]
+    assert len(table) == 1 and "<table" in table[0] and "margaret" in table[0], ran.outputs(
+        "dataframe")
+    hint = ran.text("missing", "stderr")
+    assert "ModuleNotFoundError: No module named 'gradebook'" in hint
+    assert "%dockerrun install data gradebook" in hint
+    assert re.fullmatch(r"\['gradebook-1\.0-\S+-none-any\.whl'\]", ran.text("make-wheel").strip())
+    assert "installed in data: gradebook-1.0" in ran.text("install")
+    graded = [d["text/html"] for d in ran.data("use") if "text/html" in d]
+    assert len(graded) == 1 and "grade" in graded[0] and ">A<" in graded[0], ran.outputs("use")

@@ -9,12 +9,14 @@ request and each worker event does; ``clients`` keeps each client's channel;
 the user is told; ``seccomp`` refuses io_uring to the cell. The worker side:
 ``worker`` runs cells; ``streams`` is its channel and sys.stdout/err/in;
 ``interrupts`` turns SIGINT into KeyboardInterrupt only in cell code;
-``tracebacks`` draws a cell's exception; ``display`` builds MIME bundles;
+``tracebacks`` draws a cell's exception; ``hints`` adds hints to it (missing
+modules, ``!`` and ``%`` lines); ``usersite`` makes packages installed
+meanwhile importable; ``display`` builds MIME bundles;
 ``hooks`` patches modules when user code imports them; ``shim`` stands in for
 ``IPython.display``; ``mpl`` shows matplotlib figures. ``protocol`` is shared
 with the notebook side.
 """
 
 MODULES = ("protocol", "probes", "notices", "display", "hooks", "shim", "mpl", "seccomp",
-           "limits", "streams", "tracebacks", "interrupts", "worker", "processes", "workers",
-           "cell", "output", "clients", "supervisor")
+           "limits", "streams", "tracebacks", "hints", "usersite", "interrupts", "worker",
+           "processes", "workers", "cell", "output", "clients", "supervisor")

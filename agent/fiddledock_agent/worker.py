@@ -18,6 +18,7 @@ import tokenize
 import uuid
 
 from fiddledock_agent import display as display_mod
+from fiddledock_agent import hints, usersite
 from fiddledock_agent import hooks as hooks_mod
 from fiddledock_agent import mpl as mpl_mod
 from fiddledock_agent import protocol
@@ -128,6 +129,7 @@ class Worker:
         """Run source; the ``done`` header to send."""
         lines = source.splitlines(True)
         linecache.cache[filename] = (len(source), None, lines, filename)
+        usersite.refresh()  # packages installed since the last cell
         try:
             tree = ast.parse(source, filename, "exec")
             last = None
@@ -148,7 +150,8 @@ class Worker:
             return protocol.done("interrupted", tracebacks.format_error(exc, filename))
         except BaseException as exc:  # the user's exception, reported like IPython would
             self.flush()
-            return protocol.done("error", tracebacks.format_error(exc, filename))
+            return protocol.done("error", hints.explain(tracebacks.format_error(exc, filename),
+                                                        exc, source))
         finally:
             self.flush()
         return protocol.done("ok")
