@@ -47,6 +47,8 @@ class Container:
     memory_limit: Optional[int] = None  # bytes; None: no limit
     user: str = ""                   # the container's user ("0:0", "" = the image's)
     env: List[str] = dataclasses.field(default_factory=list)  # "KEY=value" items
+    node: str = ""                   # the cluster node it runs on ("": one engine)
+    node_gone: bool = False          # that node is down or its engine cannot be reached
 
     @property
     def running(self):
@@ -90,6 +92,13 @@ class Backend(abc.ABC):
     def runtimes(self):
         """Sorted names of the container runtimes it offers (at least ``runc``)."""
 
+    def no_runtime_text(self, runtime, known):
+        """Why ``runtime`` (not in ``known``, the runtimes offered) cannot be had here."""
+        hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
+                if runtime == "runsc" else "")
+        return ("runtime %r is not registered with this Docker engine, which has: %s%s"
+                % (runtime, ", ".join(known), hint))
+
     @abc.abstractmethod
     def capacity(self):
         """``(cpus, memory bytes)`` one container may get at most; None where unknown."""
@@ -101,6 +110,10 @@ class Backend(abc.ABC):
 
         ``ImageNotFound`` when the name itself is not valid.
         """
+
+    def prepare_image(self, image, progress):
+        """Make ``image`` (which ``image_exists``) usable wherever an instance may
+        run; ``progress(line)`` hears about long copies. A single engine: nothing."""
 
     @property
     @abc.abstractmethod

@@ -12,7 +12,7 @@ override them per instance).
 import math
 import os
 
-from traitlets import CFloat, CInt, CUnicode, Dict, TraitError, Unicode, default, validate
+from traitlets import CFloat, CInt, CUnicode, Dict, Enum, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 from fiddledock_agent.protocol import CELL_DISPLAY_BYTES, CELL_DISPLAYS
@@ -21,6 +21,7 @@ from ._budget import DISPLAY_BYTES_LIMIT, DISPLAY_LIMIT
 from ._errors import FiddleDockError
 from ._image import DEFAULT_IMAGE
 from ._spec import InstanceSpec, InvalidSetting, check_name
+from ._swarm_spec import check_template
 
 MAX_POOL_SIZE = 32  # containers kept started in the background, at most
 
@@ -55,6 +56,14 @@ class DockerRun(Configurable):
     default_instance = Unicode("default", help="Instance a bare %%dockerrun uses.").tag(config=True)
     scope = Unicode(help="What instance names are scoped to; default: the notebook's path "
                          "(JPY_SESSION_NAME), else the working folder.").tag(config=True)
+    backend = Enum(("docker", "swarm"), help="Where instances run: docker (the engine DOCKER_HOST "
+                   "names) or swarm (a Docker Swarm cluster; DOCKER_HOST names a manager) "
+                   "(env FIDDLEDOCK_BACKEND).").tag(config=True)
+    node_engine = Unicode(help="Swarm only: how to reach a node's engine, a template of "
+                               "{addr} (the address Swarm reports), {hostname} and {id}: "
+                               "tcp://{addr}:2376, ssh://user@{hostname} or unix://...; TLS from "
+                               "DOCKER_TLS_VERIFY/DOCKER_CERT_PATH (env FIDDLEDOCK_NODE_ENGINE)."
+                          ).tag(config=True)
 
     # Set by the instance manager: checks a spec against the engine's CPUs and
     # memory, so %config refuses what no instance could get.
@@ -63,6 +72,21 @@ class DockerRun(Configurable):
     @default("image")
     def _default_image(self):
         return os.environ.get("FIDDLEDOCK_IMAGE") or DEFAULT_IMAGE
+
+    @default("backend")
+    def _default_backend(self):
+        return os.environ.get("FIDDLEDOCK_BACKEND") or "docker"
+
+    @default("node_engine")
+    def _default_node_engine(self):
+        return os.environ.get("FIDDLEDOCK_NODE_ENGINE") or "tcp://{addr}:2376"
+
+    @validate("node_engine")
+    def _valid_template(self, proposal):
+        problem = check_template(proposal["value"])
+        if problem:
+            raise TraitError(problem)
+        return proposal["value"]
 
     @default("scope")
     def _default_scope(self):

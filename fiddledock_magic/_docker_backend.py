@@ -43,17 +43,17 @@ def engine_address():
     return os.environ.get("DOCKER_HOST") or "the default socket"
 
 
-def silent_engine_text(seconds):
+def silent_engine_text(seconds, where=None):
     """The message for an engine that accepts requests but does not answer them."""
     return ("the Docker engine at %s did not answer within %g s (stopped, frozen or "
-            "overloaded?); try again when it answers" % (engine_address(), seconds))
+            "overloaded?); try again when it answers" % (where or engine_address(), seconds))
 
 
-def _engine_error(exc, within=None):
-    where = engine_address()
+def _engine_error(exc, within=None, where=None):
+    where = where or engine_address()
     timed_out = isinstance(exc, TIMEOUTS) or "timed out" in str(exc).lower()
     if timed_out:
-        return EngineUnavailable(silent_engine_text(within or CONNECT_TIMEOUT))
+        return EngineUnavailable(silent_engine_text(within or CONNECT_TIMEOUT, where))
     if "permission denied" in str(exc).lower():
         return EngineUnavailable(
             "no permission to use the Docker engine at %s (%s). Add your user to the "
@@ -144,15 +144,20 @@ def cpu_percent(stats):
 
 
 class DockerBackend(Backend):
-    """A Docker engine, reached lazily on first use."""
+    """A Docker engine, reached lazily on first use.
 
-    def __init__(self, client=None):
+    ``client``: a docker-py client to use instead of one from the environment;
+    ``address``: how messages name that engine (default: DOCKER_HOST).
+    """
+
+    def __init__(self, client=None, address=None):
         self._client = client
         self._from_env = client is None
+        self.address = address
         self._info = None
 
     def clone(self):
-        return DockerBackend() if self._from_env else DockerBackend(self._client)
+        return DockerBackend() if self._from_env else DockerBackend(self._client, self.address)
 
     def _docker(self):
         """The docker-py client (made on first use); for this module only."""
@@ -171,6 +176,12 @@ class DockerBackend(Backend):
     def _api(self):
         return self._docker().api
 
+    @property
+    def api(self):
+        """docker-py's low-level client, for calls made through ``call`` elsewhere
+        (the Swarm backend's service calls)."""
+        return self._docker().api
+
     def call(self, fn, *args, within=QUICK_TIMEOUT, **kwargs):
         """Run an API call that may wait ``within`` s for the engine (None: no limit).
 
@@ -183,13 +194,13 @@ class DockerBackend(Backend):
         try:
             return fn(*args, **kwargs)
         except TIMEOUTS as exc:
-            raise _engine_error(exc, within) from None
+            raise _engine_error(exc, within, self.address) from None
         except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-            raise _engine_error(exc, within) from None
+            raise _engine_error(exc, within, self.address) from None
         except docker.errors.APIError as exc:
             raise EngineError(exc.status_code, exc.explanation or str(exc)) from None
         except docker.errors.DockerException as exc:
-            raise _engine_error(exc, within) from None
+            raise _engine_error(exc, within, self.address) from None
         finally:
             current.seconds = saved
 
@@ -338,7 +349,7 @@ class DockerBackend(Backend):
             else:
                 return None
         except OSError as exc:
-            raise _engine_error(exc) from None
+            raise _engine_error(exc, None, self.address) from None
         request = ("POST %s HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"
                    "Content-Length: %d\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
                    % (path, len(body)))
@@ -354,7 +365,7 @@ class DockerBackend(Backend):
                 head += byte
         except socket.timeout:
             sock.close()
-            raise EngineUnavailable(silent_engine_text(UPGRADE_TIMEOUT))
+            raise EngineUnavailable(silent_engine_text(UPGRADE_TIMEOUT, self.address))
         sock.settimeout(None)
         status = head.split(b"\r\n", 1)[0].decode("latin-1")
         if " 101 " not in status and " 200 " not in status:

@@ -85,6 +85,9 @@ def describe_stop(container):
     """Why a container (a ``_backend.Container``, None: gone) is not running."""
     if container is None:
         return "it was removed"
+    if container.node_gone:
+        return ("the node running it, %s, is gone (down, or its engine cannot be reached)"
+                % container.node)
     if container.oom_killed:
         return "it ran out of memory and was stopped"
     if container.state == "exited":

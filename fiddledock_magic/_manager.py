@@ -71,10 +71,15 @@ def check_runtime(backend, runtime):
         return
     known = backend.runtimes()
     if runtime not in known:
-        hint = (" (on Linux as root, scripts/ensure-engine.sh --with-runsc registers it)"
-                if runtime == "runsc" else "")
-        raise InvalidSetting("runtime %r is not registered with this Docker engine, which "
-                             "has: %s%s" % (runtime, ", ".join(known), hint), "runtime")
+        raise InvalidSetting(backend.no_runtime_text(runtime, known), "runtime")
+
+
+def make_backend(config):
+    """The backend ``config.backend`` names, made lazily (nothing contacted yet)."""
+    if config.backend == "swarm":
+        from ._swarm_backend import SwarmBackend
+        return SwarmBackend(config.node_engine)
+    return DockerBackend()
 
 
 def start_instance(backend, cname, name, spec, labels, config):
@@ -143,12 +148,15 @@ class InstanceManager:
 
     def __init__(self, config, backend=None):
         self.config = config
-        self.backend = backend or DockerBackend()
+        self.backend = backend or make_backend(config)
         self.instances = {}  # name -> Instance, connected in this kernel
         self.deleted = {}  # name -> how it was deleted, for the cell that makes it anew
         self._changes = threading.RLock()  # see _serialized
         self._creating = set()  # names whose container is being started (see create)
         self.pool = Pool(self.backend, _PoolLauncher(config))
+        # Another place to run instances: this kernel's connections and pool belong to the old one.
+        config.observe(lambda change: self.use_backend(make_backend(config)),
+                       ["backend", "node_engine"])
         config.capacity_check = self.check_capacity
         if config.pool_size:
             self.pool.resize(config.pool_size)
@@ -163,6 +171,16 @@ class InstanceManager:
     @property
     def scope(self):
         return self.config.scope
+
+    @_serialized
+    def use_backend(self, backend):
+        """Run instances through ``backend`` from now on (DockerRun.backend changed)."""
+        self.pool.close()
+        self.disconnect_all()
+        self.backend = backend
+        self.pool = Pool(backend, _PoolLauncher(self.config))
+        if self.config.pool_size:
+            self.pool.resize(self.config.pool_size)
 
     def default_spec(self, image=None):
         return default_spec(self.config, image)
@@ -264,11 +282,13 @@ class InstanceManager:
 
     def _ensure_image(self, image, progress):
         if self.backend.image_exists(image):
+            self.backend.prepare_image(image, progress)
             return
         if image != _image.DEFAULT_IMAGE:
             raise ImageNotFound(image)
         progress("The default image %s is missing; building it once (a few minutes)..." % image)
         _image.build_default_image(self.backend.images, image, progress=progress)
+        self.backend.prepare_image(image, progress)
 
     # --- managing ---------------------------------------------------------------
     def find(self, name):

@@ -33,6 +33,7 @@ class InstanceStatus:
     container_name: str = ""
     is_default: bool = False
     note: str = ""                 # why it crashed or stopped, or why a number is missing
+    node: str = ""                 # the cluster node it runs on ("": one engine)
 
     @property
     def uptime(self) -> Optional[datetime.timedelta]:
@@ -52,6 +53,8 @@ STOP_CODES = (0, 130, 137, 143)
 
 def stopped_status(container):
     """('stopped' or 'dead', why) for a container (``_backend.Container``) that is not running."""
+    if container.node_gone:
+        return "dead", "its node is gone"
     if container.oom_killed:
         return "crashed", "it ran out of memory"
     if container.state == "created":
@@ -98,6 +101,7 @@ def status_of_container(backend, name, container_id, inst=None, is_default=False
         container_id=info.id,
         container_name=info.name,
         is_default=is_default,
+        node=info.node,
     )
     if not info.running:
         row.status, row.note = stopped_status(info)
@@ -123,6 +127,7 @@ def status_of_container(backend, name, container_id, inst=None, is_default=False
 # --- showing rows -----------------------------------------------------------------
 
 COLUMNS = ("name", "image", "status", "uptime", "memory", "CPU")
+NODE_COLUMN = "node"  # shown when instances run on a cluster's nodes
 
 
 def format_duration(delta):
@@ -152,26 +157,34 @@ def format_cpu(row):
     return "-" if row.cpu_percent is None else "%.1f%%" % row.cpu_percent
 
 
-def cells(row):
+def columns(rows):
+    """The table's columns: a node column when any instance runs on a cluster's node."""
+    return COLUMNS + ((NODE_COLUMN,) if any(r.node for r in rows) else ())
+
+
+def cells(row, with_node=False):
     name = row.name + (" *" if row.is_default else "")
-    return (name, row.image or "-", row.status, format_duration(row.uptime),
-            format_memory(row), format_cpu(row))
+    values = (name, row.image or "-", row.status, format_duration(row.uptime),
+              format_memory(row), format_cpu(row))
+    return values + ((row.node or "-",) if with_node else ())
 
 
 def text_table(rows):
     """A plain-text table; '*' marks the default instance."""
-    lines = [COLUMNS] + [cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    heads = columns(rows)
+    lines = [heads] + [cells(r, len(heads) > len(COLUMNS)) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(heads))]
     out = ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
 def html_table(rows):
-    head = "".join("<th style='text-align:left'>%s</th>" % c for c in COLUMNS)
+    heads = columns(rows)
+    head = "".join("<th style='text-align:left'>%s</th>" % c for c in heads)
     body = []
     for row in rows:
-        values = [html.escape(v) for v in cells(row)]
+        values = [html.escape(v) for v in cells(row, len(heads) > len(COLUMNS))]
         if row.is_default:
             values[0] = "<b>%s</b>" % values[0]
         body.append("<tr>%s</tr>" % "".join("<td style='text-align:left'>%s</td>" % v

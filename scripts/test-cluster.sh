@@ -4,6 +4,7 @@
 #   scripts/test-cluster.sh start NAME [COUNT] [--runsc-node K]
 #   scripts/test-cluster.sh stop NAME
 #   scripts/test-cluster.sh status NAME
+#   scripts/test-cluster.sh kill-node NAME K    node NAME-K dies: its dockerd is killed
 #
 # COUNT engines (default 3) from scripts/test-engines.sh, each dockerd in a
 # network namespace of its own with the image loaded; NAME-1 becomes the
@@ -21,7 +22,7 @@ DATA_DIR=/var/lib/fiddledock-test
 SUBNET=10.213.0
 
 die() { echo "test-cluster: ERROR: $*" >&2; exit 1; }
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 engine() { docker -H "unix://$RUN_DIR/$1.sock" "${@:2}"; }
 
 cmd_start() {
@@ -83,9 +84,20 @@ cmd_status() {
   engine "$1-1" node ls 2>/dev/null || echo "test-cluster: $1-1 is not a manager (or not running)"
 }
 
+cmd_kill_node() {  # SIGKILL one node's dockerd: its engine and its streams end at once
+  local engine="$1-$2" pid
+  pid=$(cat "$RUN_DIR/$engine.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null \
+    || die "node $engine is not running"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  rm -f "$RUN_DIR/$engine.sock"  # what a dead machine's address gives: nothing to connect to
+  echo "test-cluster: node $engine killed"
+}
+
 case "${1:-}" in
   start)  [ $# -ge 2 ] || usage; shift; cmd_start "$@" ;;
   stop)   [ $# -eq 2 ] || usage; cmd_stop "$2" ;;
   status) [ $# -eq 2 ] || usage; cmd_status "$2" ;;
+  kill-node) [ $# -eq 3 ] || usage; cmd_kill_node "$2" "$3" ;;
   *) usage ;;
 esac
