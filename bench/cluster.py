@@ -23,11 +23,13 @@ import sys
 import time
 import uuid
 
+from fiddledock_magic._image import DEFAULT_IMAGE
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SCRIPT = os.path.join(ROOT, "scripts", "test-cluster.sh")
 RUN_DIR = "/run/fiddledock-test"
-IMAGE = "fiddledock-sandbox:1"
+IMAGE = DEFAULT_IMAGE
 NODE = 2  # the worker whose engine is the one-engine baseline
 
 

@@ -20,12 +20,13 @@ from traitlets import TraitError
 
 from conftest import Kernel, missing, new_scope, printed, stream_text, wait_for
 from fiddledock_magic._config import DockerRun
+from fiddledock_magic._image import DEFAULT_IMAGE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "test-cluster.sh")
 RUN_DIR = "/run/fiddledock-test"
 SUBNET = "10.213.0"
-IMAGE = "fiddledock-sandbox:1"
+IMAGE = DEFAULT_IMAGE  # the cluster gets it from the main engine (scripts/test-engines.sh)
 START_TIMEOUT = 240  # the first cluster of a machine also makes the engines' image template
 WORKER = 2  # the worker node the hardening is inspected on and that is killed
 RUNSC_NODE = 3
