@@ -170,8 +170,8 @@ def test_streamed_output_and_panel_create_delete(lab_server, lab_page, notebook,
     alice.locator("button.fd-restart").click()
     alice.locator("button.fd-confirm-restart").click()
     expect(nb.output(4)).to_contain_text(
-        "the cell was ended: instance '%s' was restarted from the panel; its state is lost"
-        % first, timeout=ROW_TIMEOUT)
+        "the cell was stopped because instance '%s' was restarted from the panel; its "
+        "variables are gone" % first, timeout=ROW_TIMEOUT)
     nb.wait_cell_done(4)
     assert "finished" not in nb.output(4).inner_text()
     expect(panel.locator(".fd-message")).to_contain_text(

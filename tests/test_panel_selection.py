@@ -247,8 +247,8 @@ def test_deleting_ticked_rows_ends_the_cell_running_in_one(kernel, unique_name):
     error = "\n".join("\n".join(m["content"]["traceback"]) for _, m in msgs
                       if m["msg_type"] == "error")
     assert re.sub(r"\x1b\[[0-9;]*m", "", error) == (
-        "the cell was ended: instance %r was deleted from the panel; its state is lost"
-        % running)
+        "FiddleDock: the cell was stopped because instance %r was deleted from the panel; its "
+        "variables are gone" % running)
     assert "finished" not in stream_text(msgs)
     reply, msgs = kernel.execute("_panel.model.wait(); print(_seen['asked']); "
                                  "print(_panel.model.message)", timeout=120)

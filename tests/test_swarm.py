@@ -18,7 +18,8 @@ import docker
 import pytest
 from traitlets import TraitError
 
-from conftest import Kernel, missing, new_scope, printed, stream_text, wait_for
+from conftest import (Kernel, is_notice, missing, new_scope, notice_text, printed, stream_text,
+                      wait_for)
 from fiddledock_magic._config import DockerRun
 from fiddledock_magic._image import DEFAULT_IMAGE
 
@@ -122,14 +123,15 @@ def run_ok(kernel, code, timeout=120):
     assert reply["status"] == "ok", (code[:80], reply.get("ename"), reply.get("evalue"),
                                      stream_text(msgs, "stderr"))
     shown = [m["content"]["data"].get("text/plain", "") for _, m in msgs
-             if m["msg_type"] == "display_data"]
+             if m["msg_type"] == "display_data" and not is_notice(m)]
     return stream_text(msgs) + "".join(shown)
 
 
 def shown_text(msgs):
-    """Everything a cell showed: stdout, stderr and its error."""
+    """Everything a cell showed: stdout, stderr, notices and its error."""
     errors = ["\n".join(m["content"]["traceback"]) for _, m in msgs if m["msg_type"] == "error"]
-    return stream_text(msgs) + stream_text(msgs, "stderr") + "\n".join(errors)
+    return (stream_text(msgs) + stream_text(msgs, "stderr") + notice_text(msgs)
+            + "\n".join(errors))
 
 
 def container_on(cluster, node, instance):
@@ -223,7 +225,7 @@ def test_writable_folders_are_bounded_in_files_too(notebook):
     assert reply["status"] == "ok", shown_text(msgs)
     code, made = stream_text(msgs).split()
     assert code == "ENOSPC" and 4000 <= int(made) <= 4096
-    assert "/home/sandbox has too many files" in stream_text(msgs, "stderr")
+    assert "/home/sandbox has too many files" in notice_text(msgs)
     run_ok(notebook.kernel, "%dockerrun delete files")
 
 
@@ -383,7 +385,7 @@ def test_a_node_that_dies(cluster, notebook):
                                           timeout=120)
     assert reply["status"] == "ok", shown_text(msgs)
     assert stream_text(msgs) == "False\n"
-    assert "its previous state is lost" in stream_text(msgs, "stderr")
+    assert "its previous state is lost" in notice_text(msgs)
     assert "(%s)" % Cluster.addr(WORKER) not in notebook.nodes()[victim]
     for name in survivors:  # the other nodes' instances are untouched
         reply, msgs = notebook.kernel.execute("%%dockerrun " + name + "\nprint(me)")
