@@ -230,9 +230,6 @@ class InstancesFailed(FiddleDockError):
         self.failed = list(failed)
         super().__init__(summary)
 
-    def _render_traceback_(self):
-        return ["\x1b[0;31m%s\x1b[0m" % self]
-
 
 class TransferError(FiddleDockError):
     """``%dockerrun put`` / ``get`` could not copy the files (the message says why)."""

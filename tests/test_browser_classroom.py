@@ -42,9 +42,9 @@ def test_a_cell_on_three_instances_shows_three_sections_and_a_summary(
     nb.run(0)
     nb.run(1, timeout=180_000)
     out = nb.output(1)
-    summary = out.get_by_text(re.compile(r"^3 instances: ok: amy"))
+    summary = out.get_by_text(re.compile(r"^FiddleDock: 3 instances: ok: amy"))
     expect(summary).to_be_visible()
-    assert re.fullmatch(r"3 instances: ok: amy \(\d+\.\d s\); failed: ben \(\d+\.\d s\); "
+    assert re.fullmatch(r"FiddleDock: 3 instances: ok: amy \(\d+\.\d s\); failed: ben \(\d+\.\d s\); "
                         r"timed out: cleo \(\d+\.\d s\)", summary.inner_text().strip())
     sections = out.locator(".fiddledock-section")
     expect(sections).to_have_count(3)
