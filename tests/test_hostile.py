@@ -242,6 +242,18 @@ def test_fork_bomb_reports_the_process_limit(run, create, unique_name, capsys):
 
 # --- output floods ----------------------------------------------------------------
 
+def test_the_cell_after_a_big_output_runs_at_once(run, unique_name, config):
+    # A cell that ends while its reader is still far behind (its output waits in the
+    # agent) must not leave the next cell's worker unread: that cell would hang.
+    config(output_limit=41 * MiB)
+    code = ("import sys\nchunk = ('x' * 1023 + '\\n') * 1024\nfor _ in range(40):\n"
+            "    sys.stdout.write(chunk)\nsys.stdout.flush()")
+    for _ in range(4):
+        _, out, err = run(code, unique_name, "--timeout 30")
+        assert len(out) == 40 * MiB and err == ""
+    assert run("print('next')", unique_name, "--timeout 30")[1] == "next\n"
+
+
 def test_hundred_megabytes_of_output_are_truncated_with_bounded_memory(run, unique_name, config,
                                                                        capsys):
     config(output_limit=2 * MiB)

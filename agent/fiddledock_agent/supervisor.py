@@ -113,6 +113,8 @@ class Supervisor:
     @cell.setter
     def cell(self, cell):
         self.output.cell = cell
+        if cell is None:  # back-pressure is the cell's: the next one starts with the worker read
+            self.workers.watch(True)
 
     @property
     def worker(self):
