@@ -6,7 +6,8 @@ cell's code misbehaves: time limits, interrupts escalating to a kill, the
 cell's output (capped, coalesced, back-pressured: ``output``), reporting why
 a worker died (``notices``), and stopping the container after
 ``idle_timeout`` without any client request. This module is the decisions:
-which request does what, when a cell ends and how.
+which request does what, when a cell ends and how. (A little over 500 lines,
+a third of them docstrings: those decisions read best in one place.)
 
 Single-threaded: one selector loop, so no request waits on a busy cell.
 
