@@ -262,7 +262,7 @@ def test_04_classroom(execute):
     assert [s.split(":")[0] for s in sections] == ["--- %s" % n for n in students], sections
     assert "average([]) = 0" in sections[0] and "timed out" in sections[3]
     assert "timed out after 3 s" in sections[3] and "(instance margaret)" in sections[3]
-    assert re.fullmatch(r"4 instances: ok: ada \(\d+\.\d s\), grace \(\d+\.\d s\), "
+    assert re.fullmatch(r"FiddleDock: 4 instances: ok: ada \(\d+\.\d s\), grace \(\d+\.\d s\), "
                         r"linus \(\d+\.\d s\); timed out: margaret \(\d+\.\d s\)\n",
                         ran.text("class", "stderr")), ran.text("class", "stderr")
     # One result per student, gathered back from each student's own instance.
