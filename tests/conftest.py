@@ -154,6 +154,29 @@ class Kernel:
         self.km.shutdown_kernel(now=True)
 
 
+# Kernel code: `_when_running(name, act)` calls act() from a thread once a cell
+# of instance `name` has started in the container. A kernel runs one request at a
+# time, so a panel click beside a running cell comes from a thread that an earlier
+# cell started (as JupyterLab's comms-over-subshells run a click beside the cell).
+WHEN_RUNNING = """
+import threading, time
+from fiddledock_magic._extension import manager_of
+_manager = manager_of(get_ipython())
+_seen = {}
+
+def _when_running(name, act):
+    def wait_then_act():
+        deadline = time.monotonic() + 60
+        while not getattr(_manager.instances.get(name), "running_cell", False):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        time.sleep(1.5)  # the cell's code has started in the container
+        act()
+    threading.Thread(target=wait_then_act, daemon=True).start()
+"""
+
+
 def stream_text(msgs, name="stdout"):
     return "".join(m["content"]["text"] for _, m in msgs
                    if m["msg_type"] == "stream" and m["content"]["name"] == name)

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from conftest import notice_text, stream_text
+from conftest import WHEN_RUNNING, notice_text, stream_text
 
 SLEEPER = ("%%%%dockerrun %s\n"
            "print('started', flush=True)\n"
@@ -21,21 +21,11 @@ SLEEPER = ("%%%%dockerrun %s\n"
            "time.sleep(25)\n"
            "print('finished')")
 
-CLICK = """
-import threading, time
-from fiddledock_magic._extension import manager_of
+CLICK = WHEN_RUNNING + """
 from fiddledock_magic._panel_model import model_for
-_manager = manager_of(get_ipython())
 _model = model_for(_manager, get_ipython())
-_seen = {}
 
 def _click(name=%(name)r, action=%(action)r):
-    deadline = time.monotonic() + 60
-    while not getattr(_manager.instances.get(name), "running_cell", False):
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
-    time.sleep(1.5)  # the cell's code has started in the container
     _model.refresh()  # the panel reads its rows while the cell runs
     _seen["status"] = {row.name: row.status for row in _model.statuses}.get(name)
     _seen["still_running"] = _manager.instances[name].running_cell
@@ -46,7 +36,7 @@ def _click(name=%(name)r, action=%(action)r):
         _seen["asked"] = _model.confirming.get(name)
         _model.confirm(name)
 
-threading.Thread(target=_click, daemon=True).start()
+_when_running(%(name)r, _click)
 """
 
 REPORT = """

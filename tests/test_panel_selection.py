@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import stream_text
+from conftest import WHEN_RUNNING, stream_text
 from fiddledock_magic._extension import manager_of
 from fiddledock_magic._panel_batch import Batch
 from fiddledock_magic._panel_model import record_result
@@ -206,21 +206,11 @@ def test_row_menus_unfold_one_at_a_time_and_questions_always_show(shell, panel, 
 
 # --- while a cell runs ---------------------------------------------------------------------
 
-TICK_AND_DELETE = """
-import threading, time
-from fiddledock_magic._extension import manager_of
+TICK_AND_DELETE = WHEN_RUNNING + """
 from fiddledock_magic._panel import panel_for
-_manager = manager_of(get_ipython())
 _panel = panel_for(_manager, get_ipython())
-_seen = {}
 
-def _delete_ticked(names=%(names)r, running=%(running)r):
-    deadline = time.monotonic() + 60
-    while not getattr(_manager.instances.get(running), "running_cell", False):
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.05)
-    time.sleep(1.5)  # the cell's code has started in the container
+def _delete_ticked(names=%(names)r):
     _panel.model.refresh()
     for name in names:
         _panel.rows[name].tick.value = True
@@ -228,7 +218,7 @@ def _delete_ticked(names=%(names)r, running=%(running)r):
     _seen["asked"] = _panel.selected_ask.value
     _panel.b_selected_yes["delete"].click()
 
-threading.Thread(target=_delete_ticked, daemon=True).start()
+_when_running(%(running)r, _delete_ticked)
 """
 
 
