@@ -13,6 +13,9 @@ DOCKERD_LOG=/var/log/fiddledock-dockerd.log
 APT_LOG=/var/log/fiddledock-apt.log
 DAEMON_JSON=/etc/docker/daemon.json
 RUNSC=/usr/bin/runsc
+# gVisor's flags (docs/GVISOR.md says why these): runsc cannot use the host-side
+# network namespace Docker gives it, and an instance needs no network.
+RUNSC_ARGS='["--network=none"]'
 WAIT_SECONDS=60
 
 with_runsc=0
@@ -108,7 +111,7 @@ configure_runsc() {  # install runsc and register it in daemon.json; 0 if it is 
   fi
   mkdir -p "$(dirname "$DAEMON_JSON")"
   # Merge into whatever daemon.json already says; write only on change.
-  python3 - "$DAEMON_JSON" "$RUNSC" <<'PY' || { warn "could not update $DAEMON_JSON"; return 1; }
+  python3 - "$DAEMON_JSON" "$RUNSC" "$RUNSC_ARGS" <<'PY' || { warn "could not update $DAEMON_JSON"; return 1; }
 import json, os, sys
 path, runsc = sys.argv[1], sys.argv[2]
 config = {}
@@ -122,7 +125,7 @@ if os.path.exists(path):
             sys.exit(f"{path} is not valid JSON ({exc}); leaving it alone")
 if not isinstance(config, dict):
     sys.exit(f"{path} is not a JSON object; leaving it alone")
-wanted = {"path": runsc, "runtimeArgs": ["--network=none"]}
+wanted = {"path": runsc, "runtimeArgs": json.loads(sys.argv[3])}
 runtimes = config.setdefault("runtimes", {})
 if runtimes.get("runsc") != wanted:
     runtimes["runsc"] = wanted
@@ -131,8 +134,13 @@ if runtimes.get("runsc") != wanted:
         json.dump(config, fh, indent=2)
         fh.write("\n")
     os.replace(tmp, path)
-    print(f"ensure-engine: registered runsc in {path}")
+    print(f"ensure-engine: registered runsc in {path} with {' '.join(wanted['runtimeArgs'])}")
 PY
+}
+
+runsc_args_current() {  # does the running engine use RUNSC_ARGS for runsc? (docker info lists them)
+  [ "$(docker info --format '{{with index .Runtimes "runsc"}}{{json .Args}}{{end}}' 2>/dev/null | tr -d ' ')" \
+    = "$(echo "$RUNSC_ARGS" | tr -d ' ')" ]
 }
 
 # --- main ---------------------------------------------------------------------
@@ -150,10 +158,11 @@ fi
 
 if engine_up; then
   say "Docker engine reachable (server $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'))"
-  if [ "$runsc_ready" = 1 ] && ! has_runsc_runtime; then
+  # Also when runsc is there with older flags (a machine set up before they changed).
+  if [ "$runsc_ready" = 1 ] && ! { has_runsc_runtime && runsc_args_current; }; then
     pid=$(dockerd_pid)
     if [ -n "$pid" ]; then
-      say "reloading dockerd (pid $pid) to pick up runsc"
+      say "reloading dockerd (pid $pid) to pick up runsc $RUNSC_ARGS"
       kill -HUP "$pid"
     else
       warn "runsc is configured but the running engine's dockerd pid is unknown; restart the engine to load it"
@@ -176,10 +185,12 @@ fi
 
 if [ "$runsc_ready" = 1 ]; then
   for ((i = 0; i < 20; i++)); do
-    has_runsc_runtime && break
+    has_runsc_runtime && runsc_args_current && break
     sleep 0.5
   done
-  if has_runsc_runtime; then
+  if has_runsc_runtime && ! runsc_args_current; then
+    warn "the engine runs runsc with other flags than $RUNSC_ARGS (see $DAEMON_JSON); restart it to apply them"
+  elif has_runsc_runtime; then
     say "gVisor runtime 'runsc' available"
   else
     warn "runsc is in $DAEMON_JSON but the engine does not list it (see $DOCKERD_LOG); --runtime runsc will not work"
