@@ -16,12 +16,16 @@ import time
 
 from fiddledock_agent.protocol import VERSION, FrameReader, ProtocolError, encode
 
-from ._errors import AgentError
+from ._errors import AgentError, plain_text
 
 __all__ = ["AgentConnection", "VERSION", "ProtocolError", "StreamDemux", "close_quietly"]
 
 STDOUT, STDERR = 1, 2
 _STDERR_KEEP = 8192
+# When the engine cannot start an exec (the runtime refused: a fork bomb filled
+# the pids limit, ...) it writes its error as text where the first frame
+# would be.
+_ENGINE_EXEC_ERROR = b"OCI runtime"
 
 
 class StreamDemux:
@@ -86,6 +90,7 @@ class AgentConnection:
         self._keepalive = keepalive  # what the backend keeps alive behind sock
         self.agent_stderr = bytearray()
         self.closed = False
+        self._head = b""  # the stdout bytes before the first frame (a few), to explain garbage
 
     def send(self, header, payload=b""):
         data = encode(header, payload)
@@ -142,15 +147,25 @@ class AgentConnection:
     def _demux(self, data):
         for stream, chunk in self._mux.feed(data):
             if stream == STDOUT:
+                if self._head is not None and len(self._head) < 512:
+                    self._head += chunk[:512]
                 self._frames.feed(chunk)
             elif stream == STDERR:
                 self.agent_stderr += chunk
                 del self.agent_stderr[:-_STDERR_KEEP]
         try:
-            self._ready.extend(self._frames.frames())
+            frames = self._frames.frames()
         except ProtocolError as exc:
             self.closed = True
+            head, self._head = self._head, None
+            if head is not None and head.startswith(_ENGINE_EXEC_ERROR):
+                raise AgentError("the engine could not start a process in the container (%s); "
+                                 "restart the instance"
+                                 % plain_text(head.decode("utf-8", "replace").strip()))
             raise AgentError("the container's agent sent garbage (%s); restart the instance" % exc)
+        if frames:
+            self._head = None
+            self._ready.extend(frames)
 
     def close(self):
         self.closed = True

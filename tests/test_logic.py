@@ -280,3 +280,24 @@ def test_a_docker_stats_sample_becomes_usage():
               "precpu_stats": {"cpu_usage": {"total_usage": 100}, "system_cpu_usage": 1000}}
     assert memory_used(sample) == 200 and cpu_percent(sample) == 40.0
     assert memory_used({}) is None and cpu_percent({}) is None
+
+
+def test_an_exec_the_engine_could_not_start_is_named_not_called_garbage():
+    # Under gVisor a fork bomb can make the relay's exec fail; the engine then
+    # writes its error as text on the exec's stdout, where a frame should be.
+    from fiddledock_magic._errors import AgentError
+    from fiddledock_magic._protocol import AgentConnection, StreamDemux
+    text = (b"OCI runtime exec failed: exec failed: unable to start container process: "
+            b"read init-p: connection reset by peer: unknown\r\n")
+    ours, engine = socket.socketpair()
+    try:
+        engine.sendall(StreamDemux.HEADER.pack(1, len(text)) + text)
+        with pytest.raises(AgentError) as caught:
+            AgentConnection(ours).recv(timeout=5)
+    finally:
+        engine.close()
+        ours.close()
+    assert str(caught.value) == (
+        "the engine could not start a process in the container (OCI runtime exec failed: "
+        "exec failed: unable to start container process: read init-p: connection reset by "
+        "peer: unknown); restart the instance")
