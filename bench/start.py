@@ -1,0 +1,258 @@
+"""Starting together: N new instances at once, next to N sequential `docker run --rm`.
+
+    .venv/bin/python bench/run.py --only start    # N = 30 (--quick: 6); FIDDLEDOCK_BENCH_START=N
+
+Measured in one run, side by side, each twice, interleaved (so a burst of load elsewhere hits
+all of them):
+
+- baseline: N sequential ``docker run --rm --network none IMAGE python3 -c pass`` (the CLI);
+- together: one multi-instance cell ``%%dockerrun s00 s01 ...`` on N names that do not exist
+  yet: each instance is created and runs the cell (each section's output is checked);
+- pooled: the same cell after ``%dockerrun pool N`` filled (how long the pool took to fill
+  is shown, not counted).
+
+Targets: together <= 0.4x the baseline, pooled <= 0.1x. Where the time goes: the backend's
+calls and the agent's handshake are timed per instance (one new instance alone, and the
+sum over the N of a together run), next to the CPU seconds the engine (dockerd and its
+containerd) spent; the machine's load average is noted (the machine is shared).
+Everything made here carries the bench's scope or label and is removed at the end, also
+on Ctrl-C (bench/run.py's cleanup).
+"""
+
+import collections
+import functools
+import os
+import re
+import sys
+import threading
+import time
+import types
+
+run = None  # bench/run.py's module (its helpers), set by section()
+
+CODE = "import os\nprint('instance ready', os.getpid() > 0)"
+ROUNDS = 2
+PHASES = (  # (what is timed, its label in the breakdown)
+    ("inspect", "engine: inspect (does the name exist)"),
+    ("image_exists", "engine: image inspect"),
+    ("rename", "engine: rename (a pool container taken)"),
+    ("create", "engine: create"),
+    ("start", "engine: start (runc, docker-init, the bootstrap's python)"),
+    ("exec_socket", "engine: exec create + start request"),
+    ("greeted", "relay exec'd + its python + hello answered (need_boot)"),
+    ("booted", "boot sent + agent compiled and started + ready"),
+    ("execute", "the first cell (worker) to done"),
+)
+
+
+def section(bench):
+    """The section as bench/run.py calls it (named ``section_start``)."""
+    global run
+    run = sys.modules[type(bench).__module__]  # run.py is __main__: its own classes
+    return types.MethodType(section_start, bench)
+
+
+def engine_cpu():
+    """CPU seconds used so far by the engine of /var/run/docker.sock and its containerd."""
+    try:
+        with open("/var/run/docker.pid") as f:
+            pid = int(f.read().split()[0])
+    except (OSError, ValueError):
+        return None
+    pids = [pid] + [int(p) for p in _children(pid)]
+    total = 0.0
+    for p in pids:
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+class Phases:
+    """Times the backend's calls and the agent handshake, per thread, while installed."""
+
+    def __init__(self, backend):
+        from fiddledock_magic import _instance
+        self.marks = collections.defaultdict(list)  # thread name -> [(phase, seconds)]
+        self.lock = threading.Lock()
+        self.undo = []
+        for name in ("inspect", "image_exists", "rename", "create", "start", "exec_socket"):
+            self._wrap(backend, name, name)
+        self._wrap(_instance.Instance, "_execute", "execute")
+        cls = _instance.Instance
+        orig_wait, orig_boot = cls._wait, cls._boot
+        phases = self
+
+        def _wait(inst, conn, kinds):  # the first wait greets, the second ends the boot
+            label = "greeted" if "need_boot" in kinds else "booted"
+            t0 = time.perf_counter()
+            try:
+                return orig_wait(inst, conn, kinds)
+            finally:
+                phases.add(label, time.perf_counter() - t0
+                           + getattr(inst, "_bench_boot_seconds", 0.0))
+
+        def _boot(inst, conn):
+            t0 = time.perf_counter()
+            try:
+                return orig_boot(inst, conn)
+            finally:
+                inst._bench_boot_seconds = time.perf_counter() - t0
+        self._set(cls, "_wait", _wait)
+        self._set(cls, "_boot", _boot)
+
+    def _set(self, owner, name, value):
+        had = name in vars(owner)
+        old = vars(owner).get(name)
+        setattr(owner, name, value)
+        self.undo.append(lambda: setattr(owner, name, old) if had else delattr(owner, name))
+
+    def _wrap(self, owner, name, label):
+        orig = getattr(owner, name)
+        phases = self
+
+        @functools.wraps(orig)
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                phases.add(label, time.perf_counter() - t0)
+        self._set(owner, name, timed)
+
+    def add(self, label, seconds):
+        with self.lock:
+            self.marks[threading.current_thread().name].append((label, seconds))
+
+    def reset(self):
+        with self.lock:
+            self.marks.clear()
+
+    def totals(self):
+        """phase -> (calls, seconds in all threads)."""
+        out = collections.OrderedDict((p, [0, 0.0]) for p, _ in PHASES)
+        with self.lock:
+            for marks in self.marks.values():
+                for label, seconds in marks:
+                    out[label][0] += 1
+                    out[label][1] += seconds
+        return out
+
+    def remove(self):
+        for undo in reversed(self.undo):
+            undo()
+        self.undo = []
+
+
+def many_cell(bench, names):
+    """One multi-instance cell on names; seconds. Each section must show the cell's output."""
+    dt, text = bench.cell(" ".join(names), CODE)
+    if len(names) == 1:  # a one-instance cell: no sections
+        text = "--- %s ---\n%s" % (names[0], text)
+    parts = re.split(r"^--- (.*) ---$", text, flags=re.M)  # a header, then its section
+    shown = {}
+    for header, body in zip(parts[1::2], parts[2::2]):
+        shown[header.split(":")[0]] = body
+    for name in names:
+        if "instance ready True" not in shown.get(name, ""):
+            raise run.BenchError("instance %s did not show the cell's output: %r"
+                             % (name, shown.get(name, text[-300:])))
+    return dt
+
+
+def docker_runs(bench, count):
+    argv = ["docker", "run", "--rm", "--network", "none", "--label",
+            "fiddledock.bench=%s" % bench.run_id, bench.image, "python3", "-c", "pass"]
+    t0 = time.perf_counter()
+    for _ in range(count):
+        bench.run_cmd(argv)
+    return time.perf_counter() - t0
+
+
+def remove_all(bench):
+    """This section's instances, gone (the pool's containers stay in the pool)."""
+    bench.manager.delete_all(by="by the bench")
+    bench.manager.instances.clear()
+
+
+def one_alone(bench, phases):
+    """The phases of one new instance started alone (nothing else of ours running)."""
+    phases.reset()
+    dt = many_cell(bench, ["alone"])
+    remove_all(bench)
+    return dt, phases.totals()
+
+
+def section_start(bench):
+    count = int(os.environ.get("FIDDLEDOCK_BENCH_START") or (6 if bench.args.quick else 30))
+    names = ["s%02d" % i for i in range(count)]
+    run.log("starting together: %d sequential docker run --rm vs %d new instances in one cell "
+        "(DockerRun.parallel %d), alone and from a pool of %d; %d rounds, load %.1f"
+        % (count, count, bench.manager.config.parallel, count, ROUNDS, os.getloadavg()[0]))
+    bench.config("pool_size", 0)
+    phases = Phases(bench.manager.backend)
+    runs, together, pooled, fills, engine, loads = [], [], [], [], [], []
+    try:
+        docker_runs(bench, 1)  # page cache warm for all
+        alone, alone_phases = one_alone(bench, phases)
+        for _ in range(ROUNDS):
+            loads.append(os.getloadavg()[0])
+            runs.append(docker_runs(bench, count))
+            phases.reset()
+            cpu0 = engine_cpu()
+            together.append(many_cell(bench, names))
+            cpu1 = engine_cpu()
+            together_phases = phases.totals()
+            if cpu0 is not None and cpu1 is not None:
+                engine.append(cpu1 - cpu0)
+            remove_all(bench)
+            t0 = time.perf_counter()
+            bench.line("pool %d" % count)
+            bench.wait_pool_ready(count, timeout=60 + 10 * count)
+            fills.append(time.perf_counter() - t0)
+            pooled.append(many_cell(bench, names))
+            bench.line("pool 0")
+            remove_all(bench)
+    finally:
+        phases.remove()
+        try:
+            bench.line("pool 0")
+            remove_all(bench)
+        except Exception as exc:  # bench/run.py's cleanup removes what is left
+            run.log("start: cleanup: %s" % exc)
+    base = min(runs)
+    t, p = min(together), min(pooled)
+    bench.metrics["start_together"] = {
+        "instances": count, "docker_run_sequential_s": [round(x, 2) for x in runs],
+        "together_s": [round(x, 2) for x in together], "pooled_s": [round(x, 2) for x in pooled],
+        "pool_fill_s": [round(x, 2) for x in fills], "one_alone_s": round(alone, 3),
+        "engine_cpu_s_together": [round(x, 2) for x in engine],
+        "parallel": bench.manager.config.parallel, "loadavg_1min": loads,
+        "phases_one_alone_ms": {k: round(v[1] * 1e3, 1) for k, v in alone_phases.items()},
+        "phases_together_sum_s": {k: [v[0], round(v[1], 2)] for k, v in together_phases.items()},
+    }
+    how = "best of %d rounds each; load %s" % (ROUNDS, ", ".join("%.1f" % x for x in loads))
+    bench.target("%d started together <= 0.4x %d sequential docker run --rm" % (count, count),
+                 t / base, 0.4, "max", "%.1f s vs %.1f s; %s" % (t, base, how))
+    bench.target("%d started together from a pool of %d <= 0.1x %d docker run --rm"
+                 % (count, count, count), p / base, 0.1, "max",
+                 "%.2f s vs %.1f s (the pool filled in %.1f s); %s" % (p, base, min(fills), how))
+    rows = [(label, "%.0f ms" % (alone_phases[key][1] * 1e3),
+             "%d" % together_phases[key][0], "%.2f s" % together_phases[key][1])
+            for key, label in PHASES if alone_phases[key][0] or together_phases[key][0]]
+    text = run.table(rows, ("phase", "one alone", "calls (together)", "sum over threads (together)"))
+    run.log("where a start's time goes (one new instance alone: %.0f ms; %d together: %.1f s, "
+        "engine CPU %s s):\n%s" % (alone * 1e3, count, together[-1],
+                                   "/".join("%.1f" % x for x in engine) or "?", text))
+    bench.notes.append("start phases:\n" + text)
