@@ -30,6 +30,7 @@ import types
 
 run = None  # bench/run.py's module (its helpers), set by section()
 
+CPUACCT = "/sys/fs/cgroup/cpuacct/docker/%s/cpuacct.usage"
 CODE = "import os\nprint('instance ready', os.getpid() > 0)"
 ROUNDS = 2
 PHASES = (  # (what is timed, its label in the breakdown)
@@ -186,44 +187,105 @@ def remove_all(bench):
     bench.manager.instances.clear()
 
 
+def container_cpu(bench):
+    """CPU seconds used by the processes of this section's running instances (cgroup v1
+    cpuacct: everything in each container since it started, runc's init included); None
+    where the engine's cgroups are not found there."""
+    total = 0.0
+    for inst in bench.manager.instances.values():
+        try:
+            with open(CPUACCT % inst.container_id) as f:
+                total += int(f.read()) / 1e9
+        except (OSError, ValueError):
+            return None
+    return total
+
+
+# A cell that reads, for each process of its container, its CPU seconds so far.
+PROCESS_CPU = r"""
+import os
+tick = os.sysconf("SC_CLK_TCK")
+for pid in sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int):
+    try:
+        stat = open("/proc/%s/stat" % pid).read()
+        argv = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
+    except OSError:
+        continue
+    fields = stat.rsplit(")", 1)[1].split()
+    print(pid, (int(fields[11]) + int(fields[12])) / tick, argv[0].decode(), argv[1][:8].decode())
+"""
+PROCESS_ROLES = (  # how the argv of a container's process tells what it is
+    (lambda argv0, argv1: "docker-init" in argv0, "docker-init (with runc's init before it)"),
+    (lambda argv0, argv1: "sleep" in argv0, "relay (runc exec's init, python -I -S, then sleep)"),
+    (lambda argv0, argv1: argv0.startswith("python"), "bootstrap + agent (python, compile, "
+                                                      "supervisor), then worker"),
+)
+
+
 def one_alone(bench, phases):
-    """The phases of one new instance started alone (nothing else of ours running)."""
+    """One new instance started alone: seconds, its phases, its processes' CPU seconds."""
     phases.reset()
     dt = many_cell(bench, ["alone"])
+    totals = phases.totals()
+    _, text = bench.cell("alone", PROCESS_CPU)
+    cpu = collections.OrderedDict((label, 0.0) for _, label in PROCESS_ROLES)
+    for line in text.splitlines():
+        pid, seconds, argv0, argv1 = (line.split() + ["", ""])[:4]
+        for test, label in PROCESS_ROLES:
+            if test(argv0, argv1):
+                cpu[label] += float(seconds)
+                break
     remove_all(bench)
-    return dt, phases.totals()
+    return dt, totals, cpu
+
+
+def timed(fn, *args):
+    """``(what fn returned, engine CPU seconds meanwhile)`` (None: not measurable here)."""
+    before = engine_cpu()
+    value = fn(*args)
+    after = engine_cpu()
+    return value, (None if before is None or after is None else after - before)
+
+
+def rounds(bench, count, names, phases):
+    """The interleaved rounds: lists of figures by kind."""
+    got = collections.defaultdict(list)
+    for _ in range(ROUNDS):
+        got["load"].append(os.getloadavg()[0])
+        children = os.times()
+        seconds, cpu = timed(docker_runs, bench, count)
+        got["runs"].append(seconds)
+        got["runs_engine_cpu"].append(cpu)
+        got["runs_cli_cpu"].append(sum(os.times()[2:4]) - sum(children[2:4]))
+        phases.reset()
+        seconds, cpu = timed(many_cell, bench, names)
+        got["together"].append(seconds)
+        got["together_engine_cpu"].append(cpu)
+        got["together_container_cpu"].append(container_cpu(bench))
+        got["phases"] = phases.totals()
+        remove_all(bench)
+        t0 = time.perf_counter()
+        bench.line("pool %d" % count)
+        bench.wait_pool_ready(count, timeout=60 + 10 * count)
+        got["fill"].append(time.perf_counter() - t0)
+        got["pooled"].append(many_cell(bench, names))
+        bench.line("pool 0")
+        remove_all(bench)
+    return got
 
 
 def section_start(bench):
     count = int(os.environ.get("FIDDLEDOCK_BENCH_START") or (6 if bench.args.quick else 30))
     names = ["s%02d" % i for i in range(count)]
     run.log("starting together: %d sequential docker run --rm vs %d new instances in one cell "
-        "(DockerRun.parallel %d), alone and from a pool of %d; %d rounds, load %.1f"
-        % (count, count, bench.manager.config.parallel, count, ROUNDS, os.getloadavg()[0]))
+            "(DockerRun.parallel %d), alone and from a pool of %d; %d rounds, load %.1f"
+            % (count, count, bench.manager.config.parallel, count, ROUNDS, os.getloadavg()[0]))
     bench.config("pool_size", 0)
     phases = Phases(bench.manager.backend)
-    runs, together, pooled, fills, engine, loads = [], [], [], [], [], []
     try:
         docker_runs(bench, 1)  # page cache warm for all
-        alone, alone_phases = one_alone(bench, phases)
-        for _ in range(ROUNDS):
-            loads.append(os.getloadavg()[0])
-            runs.append(docker_runs(bench, count))
-            phases.reset()
-            cpu0 = engine_cpu()
-            together.append(many_cell(bench, names))
-            cpu1 = engine_cpu()
-            together_phases = phases.totals()
-            if cpu0 is not None and cpu1 is not None:
-                engine.append(cpu1 - cpu0)
-            remove_all(bench)
-            t0 = time.perf_counter()
-            bench.line("pool %d" % count)
-            bench.wait_pool_ready(count, timeout=60 + 10 * count)
-            fills.append(time.perf_counter() - t0)
-            pooled.append(many_cell(bench, names))
-            bench.line("pool 0")
-            remove_all(bench)
+        alone, alone_phases, alone_cpu = one_alone(bench, phases)
+        got = rounds(bench, count, names, phases)
     finally:
         phases.remove()
         try:
@@ -231,28 +293,48 @@ def section_start(bench):
             remove_all(bench)
         except Exception as exc:  # bench/run.py's cleanup removes what is left
             run.log("start: cleanup: %s" % exc)
-    base = min(runs)
-    t, p = min(together), min(pooled)
+    report(bench, count, alone, alone_phases, alone_cpu, got)
+
+
+def _figures(values, digits=2):
+    return [None if v is None else round(v, digits) for v in values]
+
+
+def report(bench, count, alone, alone_phases, alone_cpu, got):
+    base, t, p = min(got["runs"]), min(got["together"]), min(got["pooled"])
+
+    def per(values):  # ms per instance, each round's
+        return "/".join("?" if v is None else "%.0f" % (v / count * 1e3) for v in values)
     bench.metrics["start_together"] = {
-        "instances": count, "docker_run_sequential_s": [round(x, 2) for x in runs],
-        "together_s": [round(x, 2) for x in together], "pooled_s": [round(x, 2) for x in pooled],
-        "pool_fill_s": [round(x, 2) for x in fills], "one_alone_s": round(alone, 3),
-        "engine_cpu_s_together": [round(x, 2) for x in engine],
-        "parallel": bench.manager.config.parallel, "loadavg_1min": loads,
+        "instances": count, "parallel": bench.manager.config.parallel,
+        "loadavg_1min": _figures(got["load"], 1),
+        "docker_run_sequential_s": _figures(got["runs"]), "together_s": _figures(got["together"]),
+        "pooled_s": _figures(got["pooled"]), "pool_fill_s": _figures(got["fill"]),
+        "one_alone_s": round(alone, 3),
+        "engine_cpu_s": {"docker_runs": _figures(got["runs_engine_cpu"]),
+                         "together": _figures(got["together_engine_cpu"])},
+        "docker_cli_cpu_s": _figures(got["runs_cli_cpu"]),
+        "container_cpu_s_together": _figures(got["together_container_cpu"]),
+        "one_alone_process_cpu_s": {k: round(v, 3) for k, v in alone_cpu.items()},
         "phases_one_alone_ms": {k: round(v[1] * 1e3, 1) for k, v in alone_phases.items()},
-        "phases_together_sum_s": {k: [v[0], round(v[1], 2)] for k, v in together_phases.items()},
+        "phases_together_sum_s": {k: [v[0], round(v[1], 2)] for k, v in got["phases"].items()},
     }
-    how = "best of %d rounds each; load %s" % (ROUNDS, ", ".join("%.1f" % x for x in loads))
+    how = "best of %d rounds each; load %s" % (ROUNDS, ", ".join("%.1f" % x for x in got["load"]))
     bench.target("%d started together <= 0.4x %d sequential docker run --rm" % (count, count),
                  t / base, 0.4, "max", "%.1f s vs %.1f s; %s" % (t, base, how))
     bench.target("%d started together from a pool of %d <= 0.1x %d docker run --rm"
                  % (count, count, count), p / base, 0.1, "max",
-                 "%.2f s vs %.1f s (the pool filled in %.1f s); %s" % (p, base, min(fills), how))
+                 "%.2f s vs %.1f s (the pool filled in %.1f s); %s" % (p, base, min(got["fill"]), how))
     rows = [(label, "%.0f ms" % (alone_phases[key][1] * 1e3),
-             "%d" % together_phases[key][0], "%.2f s" % together_phases[key][1])
-            for key, label in PHASES if alone_phases[key][0] or together_phases[key][0]]
-    text = run.table(rows, ("phase", "one alone", "calls (together)", "sum over threads (together)"))
-    run.log("where a start's time goes (one new instance alone: %.0f ms; %d together: %.1f s, "
-        "engine CPU %s s):\n%s" % (alone * 1e3, count, together[-1],
-                                   "/".join("%.1f" % x for x in engine) or "?", text))
+             "%d" % got["phases"][key][0], "%.2f s" % got["phases"][key][1])
+            for key, label in PHASES if alone_phases[key][0] or got["phases"][key][0]]
+    text = run.table(rows, ("phase", "one alone", "calls (together)",
+                            "sum over threads (together)"))
+    text += "\nCPU ms per instance: engine (dockerd + containerd) %s together vs %s per docker " \
+            "run (its CLI %s); inside each container %s together; one alone: %s" % (
+                per(got["together_engine_cpu"]), per(got["runs_engine_cpu"]),
+                per(got["runs_cli_cpu"]), per(got["together_container_cpu"]),
+                ", ".join("%s %.0f" % (k, v * 1e3) for k, v in alone_cpu.items()))
+    run.log("where a start's time goes (one new instance alone: %.0f ms; %d together: %s s):\n%s"
+            % (alone * 1e3, count, "/".join("%.1f" % x for x in got["together"]), text))
     bench.notes.append("start phases:\n" + text)
