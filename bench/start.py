@@ -133,6 +133,8 @@ class Phases:
         self._set(owner, name, timed)
 
     def add(self, label, seconds):
+        if threading.current_thread().name.startswith("fiddledock-pool"):
+            return  # the pool's own filling: not a start being measured
         with self.lock:
             self.marks[threading.current_thread().name].append((label, seconds))
 
@@ -268,7 +270,9 @@ def rounds(bench, count, names, phases):
         bench.line("pool %d" % count)
         bench.wait_pool_ready(count, timeout=60 + 10 * count)
         got["fill"].append(time.perf_counter() - t0)
+        phases.reset()
         got["pooled"].append(many_cell(bench, names))
+        got["pooled_phases"] = phases.totals()
         bench.line("pool 0")
         remove_all(bench)
     return got
@@ -318,6 +322,8 @@ def report(bench, count, alone, alone_phases, alone_cpu, got):
         "one_alone_process_cpu_s": {k: round(v, 3) for k, v in alone_cpu.items()},
         "phases_one_alone_ms": {k: round(v[1] * 1e3, 1) for k, v in alone_phases.items()},
         "phases_together_sum_s": {k: [v[0], round(v[1], 2)] for k, v in got["phases"].items()},
+        "phases_pooled_sum_s": {k: [v[0], round(v[1], 2)]
+                                for k, v in got["pooled_phases"].items()},
     }
     how = "best of %d rounds each; load %s" % (ROUNDS, ", ".join("%.1f" % x for x in got["load"]))
     bench.target("%d started together <= 0.4x %d sequential docker run --rm" % (count, count),
@@ -326,10 +332,12 @@ def report(bench, count, alone, alone_phases, alone_cpu, got):
                  % (count, count, count), p / base, 0.1, "max",
                  "%.2f s vs %.1f s (the pool filled in %.1f s); %s" % (p, base, min(got["fill"]), how))
     rows = [(label, "%.0f ms" % (alone_phases[key][1] * 1e3),
-             "%d" % got["phases"][key][0], "%.2f s" % got["phases"][key][1])
-            for key, label in PHASES if alone_phases[key][0] or got["phases"][key][0]]
-    text = run.table(rows, ("phase", "one alone", "calls (together)",
-                            "sum over threads (together)"))
+             "%d: %.2f s" % tuple(got["phases"][key]),
+             "%d: %.2f s" % tuple(got["pooled_phases"][key]))
+            for key, label in PHASES if any(got[k][key][0] for k in ("phases", "pooled_phases"))
+            or alone_phases[key][0]]
+    text = run.table(rows, ("phase", "one alone", "together: calls: sum over threads",
+                            "from the pool: calls: sum"))
     text += "\nCPU ms per instance: engine (dockerd + containerd) %s together vs %s per docker " \
             "run (its CLI %s); inside each container %s together; one alone: %s" % (
                 per(got["together_engine_cpu"]), per(got["runs_engine_cpu"]),

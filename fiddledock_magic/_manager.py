@@ -250,8 +250,9 @@ class InstanceManager:
         """A new instance from spec; an error if one of that name exists.
 
         A ready container from the pool is used when its settings match.
-        Several creates run side by side: only the checks and the bookkeeping
-        hold the lock, not the container's start and boot.
+        Several creates run side by side: only the checks, the image check and
+        the bookkeeping hold the lock, not a pool container's rename nor a new
+        container's start and boot.
         """
         check_name(name)
         spec.validate()
@@ -261,12 +262,13 @@ class InstanceManager:
         with self._changes:
             if name in self._creating or (not _absent and self.backend.inspect(cname) is not None):
                 raise InstanceConflict("instance %r already exists" % name)
-            inst = self.pool.take(pool_key(self.config, spec), name, cname)
-            if inst is None and not self._image_seen(spec.image):
-                self._ensure_image(spec.image, progress)
             self._creating.add(name)
         try:
+            inst = self.pool.take(pool_key(self.config, spec), name, cname)
             if inst is None:
+                with self._changes:  # one build of a missing default image, not one per create
+                    if not self._image_seen(spec.image):
+                        self._ensure_image(spec.image, progress)
                 inst = self._start_new(cname, name, spec, progress)
             with self._changes:
                 self.instances[name] = inst

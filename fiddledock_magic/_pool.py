@@ -2,7 +2,8 @@
 
 ``%dockerrun pool N`` (or ``%config DockerRun.pool_size = N``) keeps N
 containers with the current default settings created, started and with their
-agent booted, made by a background thread of the kernel. Creating an instance
+agent booted, made by a background thread of the kernel (up to four at once:
+an engine start is mostly waiting). Creating an instance
 whose settings match takes one: the container is renamed to the instance's
 container name, the pool's open agent connection is handed over, and the
 thread refills the pool. ``pool 0`` drains it.
