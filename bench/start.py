@@ -13,10 +13,13 @@ all of them):
 
 Targets: together <= 0.4x the baseline, pooled <= 0.1x. Where the time goes: the backend's
 calls and the agent's handshake are timed per instance (one new instance alone, and the
-sum over the N of a together run), next to the CPU seconds the engine (dockerd and its
-containerd) spent; the machine's load average is noted (the machine is shared).
-Everything made here carries the bench's scope or label and is removed at the end, also
-on Ctrl-C (bench/run.py's cleanup).
+sum over the N of a together run and of a pooled one), next to CPU seconds: the engine's
+(dockerd and its containerd), the docker CLI's, and inside each container (cgroup v1
+cpuacct; for the one alone, per process: docker-init, the relay, the agent). Starting
+together is bound by CPU on a small machine, so the load average is noted (the machine
+is shared). Everything made here carries the bench's scope or label and is removed at the
+end, also on Ctrl-C (bench/run.py's cleanup; a Ctrl-C while a measured cell runs is that
+cell's stop button, as in a notebook: the cell ends interrupted and the section fails).
 """
 
 import collections
