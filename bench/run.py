@@ -709,6 +709,7 @@ class Bench:
         sections = [self.section_warm, self.section_first, self.section_first_output,
                     self.section_throughput, self.section_scale, self.section_gvisor]
         sections.append(__import__("runsc_flags").section(self))  # own private engine; bench/runsc_flags.py
+        sections.append(__import__("start").section(self))  # bench/start.py
         only = set(self.args.only or [])
         for section in sections:
             if only and section.__name__.replace("section_", "") not in only:

@@ -11,6 +11,7 @@ It reaches containers only through its backend (``_backend.Backend``).
 import functools
 import socket
 import threading
+import time
 
 from fiddledock_agent import protocol as messages
 
@@ -18,7 +19,8 @@ from . import _image
 from ._agent_files import bootstrap_source
 from ._backend import LABEL, Container
 from ._docker_backend import DockerBackend
-from ._errors import AgentError, ImageNotFound, InstanceBusy, InstanceConflict, InstanceNotFound
+from ._errors import (AgentError, EngineError, ImageNotFound, InstanceBusy, InstanceConflict,
+                      InstanceNotFound)
 from ._instance import Instance, client_description, describe_stop, user_name
 from ._pool import Launcher, Pool, orphaned
 from ._spec import (POOL_HOSTNAME, InstanceSpec, InvalidSetting, check_name, container_name,
@@ -28,6 +30,10 @@ from ._status import statuses
 # A status probe holds an instance's lock for a moment, a running cell
 # for as long as it runs: an action waits this long before it counts the instance as busy.
 CLAIM_WAIT = 0.5
+# An image found on the engine is not looked up again for this long: the creates of
+# one many-instance cell make one image request, not one each (one gone meanwhile:
+# the create says so, and the next looks again).
+IMAGE_SEEN_FOR = 10.0
 
 
 def _owner():
@@ -153,6 +159,7 @@ class InstanceManager:
         self.deleted = {}  # name -> how it was deleted, for the cell that makes it anew
         self._changes = threading.RLock()  # see _serialized
         self._creating = set()  # names whose container is being started (see create)
+        self._images_seen = {}  # image -> time.monotonic() it was last found (see _ensure_image)
         self.pool = Pool(self.backend, _PoolLauncher(config))
         # Another place to run instances: this kernel's connections and pool belong to the old one.
         config.observe(lambda change: self.use_backend(make_backend(config)),
@@ -243,8 +250,9 @@ class InstanceManager:
         """A new instance from spec; an error if one of that name exists.
 
         A ready container from the pool is used when its settings match.
-        Several creates run side by side: only the checks and the bookkeeping
-        hold the lock, not the container's start and boot.
+        Several creates run side by side: only the checks, the image check and
+        the bookkeeping hold the lock, not a pool container's rename nor a new
+        container's start and boot.
         """
         check_name(name)
         spec.validate()
@@ -254,19 +262,35 @@ class InstanceManager:
         with self._changes:
             if name in self._creating or (not _absent and self.backend.inspect(cname) is not None):
                 raise InstanceConflict("instance %r already exists" % name)
-            inst = self.pool.take(pool_key(self.config, spec), name, cname)
-            if inst is None:
-                self._ensure_image(spec.image, progress)
             self._creating.add(name)
         try:
+            inst = self.pool.take(pool_key(self.config, spec), name, cname)
             if inst is None:
-                inst = self.start_container(cname, name, spec, self.labels(name))
+                with self._changes:  # one build of a missing default image, not one per create
+                    if not self._image_seen(spec.image):
+                        self._ensure_image(spec.image, progress)
+                inst = self._start_new(cname, name, spec, progress)
             with self._changes:
                 self.instances[name] = inst
                 self.deleted.pop(name, None)
         finally:
             self._creating.discard(name)
         return inst
+
+    def _start_new(self, cname, name, spec, progress):
+        """start_container for create: an image gone since it was seen is looked for
+        (or built) again; a name taken meanwhile is an InstanceConflict."""
+        try:
+            return self.start_container(cname, name, spec, self.labels(name))
+        except ImageNotFound:
+            with self._changes:
+                self._images_seen.pop(spec.image, None)
+                self._ensure_image(spec.image, progress)
+            return self.start_container(cname, name, spec, self.labels(name))
+        except EngineError as exc:
+            if exc.status_code == 409 and self.backend.inspect(cname) is not None:
+                raise InstanceConflict("instance %r already exists" % name) from None
+            raise
 
     def start_container(self, cname, name, spec, labels):
         """Create, start and boot a container; an Instance connected to it."""
@@ -280,15 +304,18 @@ class InstanceManager:
         """InvalidSetting if spec asks for more CPUs or memory than the engine has."""
         spec.check_capacity(*self.backend.capacity(), fields=fields)
 
+    def _image_seen(self, image):
+        return time.monotonic() - self._images_seen.get(image, -IMAGE_SEEN_FOR) < IMAGE_SEEN_FOR
+
     def _ensure_image(self, image, progress):
-        if self.backend.image_exists(image):
-            self.backend.prepare_image(image, progress)
-            return
-        if image != _image.DEFAULT_IMAGE:
-            raise ImageNotFound(image)
-        progress("The default image %s is missing; building it once (a few minutes)..." % image)
-        _image.build_default_image(self.backend.images, image, progress=progress)
+        if not self.backend.image_exists(image):
+            if image != _image.DEFAULT_IMAGE:
+                raise ImageNotFound(image)
+            progress("The default image %s is missing; building it once (a few minutes)..."
+                     % image)
+            _image.build_default_image(self.backend.images, image, progress=progress)
         self.backend.prepare_image(image, progress)
+        self._images_seen[image] = time.monotonic()
 
     # --- managing ---------------------------------------------------------------
     def find(self, name):

@@ -206,7 +206,8 @@ class ManyRun:
         try:
             if new:
                 try:
-                    self.manager.create(name, self.manager.default_spec(self.image))
+                    self.manager.create(name, self.manager.default_spec(self.image),
+                                        _absent=True)  # not listed when the cell began
                     handler.notice("created new instance %r" % name)
                 except InstanceConflict:  # made meanwhile (by the panel, say)
                     pass

@@ -2,7 +2,8 @@
 
 ``%dockerrun pool N`` (or ``%config DockerRun.pool_size = N``) keeps N
 containers with the current default settings created, started and with their
-agent booted, made by a background thread of the kernel. Creating an instance
+agent booted, made by a background thread of the kernel (up to four at once:
+an engine start is mostly waiting). Creating an instance
 whose settings match takes one: the container is renamed to the instance's
 container name, the pool's open agent connection is handed over, and the
 thread refills the pool. ``pool 0`` drains it.
@@ -31,6 +32,7 @@ land in whatever cell runs); its errors are kept in ``errors`` and shown by
 
 import atexit
 import collections
+import concurrent.futures
 import os
 import socket
 import threading
@@ -41,6 +43,7 @@ from ._instance import connection_alive
 from ._spec import is_pool_container_name
 
 REFILL_DELAY = 0.5   # after a take, let the first cell run before the engine gets busy
+FILL_AT_ONCE = 4  # containers started side by side: an engine start is mostly waiting
 ERROR_BACKOFF = 10.0  # after a failure (image missing, engine down), wait before retrying
 LABEL_POOL = "fiddledock.pool"
 LABEL_KEY = "fiddledock.pool_key"
@@ -269,32 +272,47 @@ class Pool:
         delay = self._refill_at - time.monotonic()
         if delay > 0 and self.ready_count() < self.size:
             time.sleep(delay)
-        while True:
-            with self._lock:
-                if self._closed or len(self._ready) >= self.size:
-                    return
-                self._filling += 1
-            entry = None
-            try:
-                entry = self._make(backend, spec, key)
-            finally:
-                with self._lock:
-                    self._filling -= 1
-                    wanted = (entry is not None and not self._closed
-                              and len(self._ready) < self.size
-                              and key == self.launcher.wanted()[1])
-                    if wanted:
-                        self._ready.append(entry)
-                    self._settled.notify_all()
-            if entry is not None and not wanted:
-                entry.inst.disconnect()
-                self._remove(backend, entry.inst.container_id)
-                return
-
-    def _make(self, backend, spec, key):
-        if not backend.image_exists(spec.image):
+        if self.ready_count() < self.size and not backend.image_exists(spec.image):
             raise ImageNotFound(spec.image, "image %r not found on the Docker engine; the pool "
                                 "cannot fill" % spec.image)
+        with concurrent.futures.ThreadPoolExecutor(FILL_AT_ONCE, "fiddledock-pool-fill") as fill:
+            while True:
+                with self._lock:
+                    missing = 0 if self._closed else self.size - len(self._ready)
+                if missing <= 0:
+                    return
+                made = [fill.submit(self._fill_one, backend, spec, key)
+                        for _ in range(min(missing, FILL_AT_ONCE))]
+                concurrent.futures.wait(made)
+                for future in made:
+                    if future.exception() is not None:
+                        raise future.exception()
+                if not all(future.result() for future in made):
+                    return
+
+    def _fill_one(self, backend, spec, key):
+        """One more ready container (a thread of the fill); False if it was not wanted
+        any more once made (settings changed, pool shrunk or closed)."""
+        with self._lock:
+            self._filling += 1
+        entry = None
+        try:
+            entry = self._make(backend, spec, key)
+        finally:
+            with self._lock:
+                self._filling -= 1
+                wanted = (entry is not None and not self._closed
+                          and len(self._ready) < self.size
+                          and key == self.launcher.wanted()[1])
+                if wanted:
+                    self._ready.append(entry)
+                self._settled.notify_all()
+        if not wanted:
+            entry.inst.disconnect()
+            self._remove(backend, entry.inst.container_id)
+        return wanted
+
+    def _make(self, backend, spec, key):
         labels = {LABEL_POOL: _creator(), LABEL_KEY: key}
         return _Entry(self.launcher.launch(backend, spec, labels), key)
 
