@@ -9,6 +9,14 @@ is found through the task and reached through that node's engine
 ``DockerBackend`` per node: channels, files, stats and kill go there exactly
 as with one engine. The service spec is ``_swarm_spec``'s.
 
+Images: an image named with a registry host (``registry.school:5000/img:tag``,
+any name whose first part has a dot or a port, or is ``localhost``) is pulled
+by the nodes themselves, pinned to the digest the registry gives its tag
+now, as ``docker service create`` does. Any other image is copied from the
+manager's engine to a node that lacks it (save, then load through that
+node's engine), before the first instance or when a task fails for want of
+it, and referred to by its id, so no node ever asks a registry.
+
 Services cannot be renamed: the instance's container name is the service
 label ``fiddledock.name`` (updated when the pool hands one out); the
 service's own name is only a readable, valid one.
@@ -22,7 +30,8 @@ import uuid
 import docker
 import docker.errors
 import requests.exceptions
-from docker.utils import kwargs_from_env
+from docker.auth import INDEX_NAME, resolve_repository_name
+from docker.utils import kwargs_from_env, parse_repository_tag
 
 from ._backend import LABEL, PING_TIMEOUT, Backend, Container
 from ._docker_backend import (CHANGE_TIMEOUT, MAX_CONNECTIONS, QUICK_TIMEOUT, DockerBackend,
@@ -47,6 +56,20 @@ PROGRESS_SHARE = 4  # progress lines per image copy (every quarter)
 def _service_name(name):
     """A valid, unique service name for a container name (Swarm's names are DNS labels)."""
     return "%s-%s" % (re.sub(r"[^A-Za-z0-9-]+", "-", name)[:50].strip("-"), uuid.uuid4().hex[:8])
+
+
+def registry_of(image):
+    """The registry host an image's name names (``host:5000``), or None.
+
+    Docker Hub's names (``python:3.12``, ``docker.io/...``) count as none:
+    their images are copied from the manager like a local one.
+    """
+    repository = parse_repository_tag(image)[0]
+    try:
+        index = resolve_repository_name(repository)[0]
+    except docker.errors.InvalidRepository:
+        return None
+    return None if index in (INDEX_NAME, "index." + INDEX_NAME) else index
 
 
 def _node_client(url, version):
@@ -85,6 +108,9 @@ class SwarmBackend(Backend):
         # and images known on a node ((node id, image id)).
         self._lost, self._images_on = _shared or ({}, set())
         self._lock = threading.Lock()
+        # The progress lines of the create running in this thread (``prepare_image``
+        # is told them; a copy ``start`` finds needed tells them too).
+        self._told = threading.local()
 
     def clone(self):
         return SwarmBackend(self.node_engine, self.manager.clone(), (self._lost, self._images_on))
@@ -156,20 +182,45 @@ class SwarmBackend(Backend):
 
     # --- images -------------------------------------------------------------------
     def image_exists(self, image):
-        return self.manager.image_exists(image)
+        if registry_of(image) is None:
+            return self.manager.image_exists(image)
+        self._pinned(image)  # the registry has it, or a clear error why not
+        return True
 
     @property
     def images(self):
         return self.manager.images
 
+    def _pinned(self, image):
+        """A registry image's name pinned to the digest its registry gives it now."""
+        repository, tag = parse_repository_tag(image)
+        if tag and tag.startswith("sha256:"):
+            return image
+        try:
+            found = self._call("inspect_distribution", image, within=CHANGE_TIMEOUT)
+        except FiddleDockError as exc:  # not ImageNotFound: that would say "install it here"
+            raise EngineError(404, "the registry %s does not give the image %s to the Swarm "
+                              "manager (%s); push it there (docker push %s), or name an image "
+                              "without a registry host to have FiddleDock copy it to the "
+                              "nodes" % (registry_of(image), image, short_error(exc)[:200],
+                                         image)) from None
+        return "%s@%s" % (repository, found["Descriptor"]["digest"])
+
     def _image_id(self, image):
+        """What a service runs: a registry image by digest, any other by its id here."""
+        if registry_of(image) is not None:
+            return self._pinned(image)
         info = self.manager.images.inspect(image)
         if info is None:
             raise ImageNotFound(image)
         return info["Id"]
 
     def prepare_image(self, image, progress):
-        """Copy the image from the manager's engine to every ready node that lacks it."""
+        """Copy the image from the manager's engine to every ready node that lacks it
+        (a registry's image: nothing, the nodes pull it)."""
+        self._told.progress = progress
+        if registry_of(image) is not None:
+            return
         image_id = self._image_id(image)
         for node in self._nodes():
             if node_ready(node) and (node["ID"], image_id) not in self._images_on:
@@ -309,13 +360,18 @@ class SwarmBackend(Backend):
     def start(self, service_id):
         """Wait for the service's task to run; a new task if it has ended (or its node is gone).
 
-        A node that lacks the image gets it from the manager's engine, and the
-        task is started again.
+        A node that lacks the image gets it from the manager's engine (told as
+        the create running in this thread told ``prepare_image``), and the task
+        is started again; a node that cannot pull a registry's image is an error.
         """
+        progress = getattr(self._told, "progress", None) or (lambda line: None)
+        self._told.progress = None
         deadline = time.monotonic() + START_TIMEOUT
         handled = set()  # ended tasks a new one was asked for
         copies = 0
         unplaced_since = None
+        image = None
+        pulling = None  # the node we said is pulling the image
         while True:
             task = current_task(self._tasks([service_id]))
             state, code, error = task_state(task)
@@ -328,19 +384,34 @@ class SwarmBackend(Backend):
                     self._placed[service_id] = placed
                 return
             ended = state in ("exited", "dead") or (state == "running" and gone)
+            lacks_image = "No such image" in error and node is not None
+            preparing = ((task or {}).get("Status") or {}).get("State") == "preparing"
+            if (lacks_image or preparing) and image is None:
+                image = ((self._service(service_id) or {}).get("Spec", {}).get("Labels")
+                         or {}).get("fiddledock.image") or ""
             if ended and task["ID"] not in handled:
-                if handled and "No such image" not in error:  # the new task ended too
+                if lacks_image and registry_of(image) is not None:
+                    raise EngineError(500, "node %s could not pull the image %s from the "
+                                      "registry %s: %s (does the node reach it, and trust it: "
+                                      "insecure-registries for one without TLS?)"
+                                      % (node_label(node), image, registry_of(image), error))
+                if handled and not lacks_image:  # the new task ended too
                     raise EngineError(500, "the instance's task on node %s ended before it ran: "
                                       "%s" % (node_label(node) if node else "?",
                                               error or (task.get("Status") or {}).get("State")))
-                if "No such image" in error and node is not None and copies < IMAGE_COPIES:
+                if lacks_image and copies < IMAGE_COPIES:
+                    # Removed from the node since we looked, a node new to us, or a
+                    # pool's instance (whose create copies nothing first).
                     copies += 1
-                    image = ((self._service(service_id) or {}).get("Spec", {}).get("Labels")
-                             or {}).get("fiddledock.image")
-                    self._ensure_image_on(node, image, self._image_id(image),
-                                         lambda line: None)
+                    self._images_on.discard((node["ID"], self._image_id(image)))
+                    self._ensure_image_on(node, image, self._image_id(image), progress)
                 handled.add(task["ID"])
                 self._new_task(service_id)
+            elif preparing and node is not None and image and registry_of(image) \
+                    and pulling != node["ID"]:
+                pulling = node["ID"]  # said once per node: a pull has no progress to show here
+                progress("node %s is getting the image %s from the registry %s..."
+                         % (node_label(node), image, registry_of(image)))
             elif state == "created" and error:  # pending: no node fits
                 unplaced_since = unplaced_since or time.monotonic()
                 if time.monotonic() - unplaced_since > UNPLACED_GRACE:
