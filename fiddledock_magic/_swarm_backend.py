@@ -9,13 +9,8 @@ is found through the task and reached through that node's engine
 ``DockerBackend`` per node: channels, files, stats and kill go there exactly
 as with one engine. The service spec is ``_swarm_spec``'s.
 
-Images: an image named with a registry host (``registry.school:5000/img:tag``,
-any name whose first part has a dot or a port, or is ``localhost``) is pulled
-by the nodes themselves, pinned to the digest the registry gives its tag
-now, as ``docker service create`` does. Any other image is copied from the
-manager's engine to a node that lacks it (save, then load through that
-node's engine), before the first instance or when a task fails for want of
-it, and referred to by its id, so no node ever asks a registry.
+Images reach the nodes as ``_swarm_images`` says (a registry's image pulled
+by the nodes, any other copied from the manager's engine).
 
 Services cannot be renamed: the instance's container name is the service
 label ``fiddledock.name`` (updated when the pool hands one out); the
@@ -29,16 +24,14 @@ import uuid
 
 import docker
 import docker.errors
-import requests.exceptions
-from docker.auth import INDEX_NAME, resolve_repository_name
-from docker.utils import kwargs_from_env, parse_repository_tag
+from docker.utils import kwargs_from_env
 
 from ._backend import LABEL, PING_TIMEOUT, Backend, Container
 from ._docker_backend import (CHANGE_TIMEOUT, MAX_CONNECTIONS, QUICK_TIMEOUT, DockerBackend,
                               engine_address)
-from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound, \
-    format_size, short_error
+from ._errors import EngineError, EngineUnavailable, FiddleDockError, short_error
 from ._spec import InvalidSetting
+from ._swarm_images import ClusterImages, registry_of
 from ._swarm_spec import (NAME_LABEL, RUNTIME_LABEL, VOLUME_LABEL, current_task,
                           node_engine_url, node_label, node_ready, task_container, task_state,
                           task_template)
@@ -49,8 +42,6 @@ UNPLACED_GRACE = 3.0  # s a task may wait "pending" with a scheduling error befo
 POLL = 0.05  # s between looks at a starting task
 LOST_MEMORY = 120.0  # s new tasks keep off a node found gone (the manager notices by then)
 IMAGE_COPIES = 3  # nodes one start may copy the image to before it gives up
-CHUNK = 1 << 20  # bytes per read of an image being copied
-PROGRESS_SHARE = 4  # progress lines per image copy (every quarter)
 
 
 def _service_name(name):
@@ -58,45 +49,38 @@ def _service_name(name):
     return "%s-%s" % (re.sub(r"[^A-Za-z0-9-]+", "-", name)[:50].strip("-"), uuid.uuid4().hex[:8])
 
 
-def registry_of(image):
-    """The registry host an image's name names (``host:5000``), or None.
-
-    Docker Hub's names (``python:3.12``, ``docker.io/...``) count as none:
-    their images are copied from the manager like a local one.
-    """
-    repository = parse_repository_tag(image)[0]
-    try:
-        index = resolve_repository_name(repository)[0]
-    except docker.errors.InvalidRepository:
-        return None
-    return None if index in (INDEX_NAME, "index." + INDEX_NAME) else index
-
-
 def _node_client(url, version):
     """A docker-py client of one node's engine; TLS from the environment, as ``from_env``."""
-    tls = kwargs_from_env().get("tls") if not url.startswith(("unix://", "ssh://")) else None
     try:
-        return docker.DockerClient(base_url=url, version=version, tls=tls or False,
-                                   timeout=QUICK_TIMEOUT, max_pool_size=MAX_CONNECTIONS)
+        tls = kwargs_from_env().get("tls") if not url.startswith(("unix://", "ssh://")) else None
+        client = docker.DockerClient(base_url=url, version=version, tls=tls or False,
+                                     timeout=QUICK_TIMEOUT, max_pool_size=MAX_CONNECTIONS)
     except docker.errors.DockerException as exc:
         raise EngineUnavailable("cannot use the node engine %s (%s); check DockerRun.node_engine"
                                 % (url, short_error(exc))) from None
+    if tls:
+        # requests lets REQUESTS_CA_BUNDLE (often set machine-wide) override the
+        # client's own CA: the node's certificate would be checked against the
+        # wrong authorities. Nothing else of the environment applies to an engine.
+        client.api.trust_env = False
+    return client
 
 
-def _copied(stream, size, where, progress):
-    """The chunks of an image's tar, with a progress line every quarter of ``size``."""
-    done, step = 0, max(1, size // PROGRESS_SHARE)
-    next_line = step
-    for chunk in stream:
-        done += len(chunk)
-        if done >= next_line:
-            progress("  %s of about %s copied to %s"
-                     % (format_size(done), format_size(size), where))
-            next_line = done + step
-        yield chunk
+def _check_plain_http(engine, url):
+    """A node engine that wants TLS, asked without: say how to set TLS up (its own
+    answer, a 400, would otherwise surface as whatever request came first)."""
+    if url.startswith(("unix://", "ssh://")) or kwargs_from_env().get("tls"):
+        return
+    try:
+        engine.ping()
+    except FiddleDockError as exc:
+        if "HTTP request to an HTTPS server" in str(exc):
+            raise EngineUnavailable(
+                "the node engine %s wants TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH "
+                "(the folder with ca.pem, cert.pem and key.pem) for the notebook" % url) from None
 
 
-class SwarmBackend(Backend):
+class SwarmBackend(ClusterImages, Backend):
     """A Swarm cluster: the manager at DOCKER_HOST and every node's engine."""
 
     def __init__(self, node_engine=DEFAULT_NODE_ENGINE, manager=None, _shared=None):
@@ -104,16 +88,18 @@ class SwarmBackend(Backend):
         self.manager = manager or DockerBackend()
         self._engines = {}  # node engine url -> DockerBackend
         self._placed = {}  # service id -> (node engine, container id, node) of its running task
-        # What every clone learns about the cluster: nodes found gone (id -> when)
-        # and images known on a node ((node id, image id)).
-        self._lost, self._images_on = _shared or ({}, set())
+        # What every clone learns about the cluster: nodes found gone (id -> when),
+        # images known on a node ((node id, image id)) and the copies under way
+        # ((node id, image id) -> lock: instances started at once copy once).
+        self._lost, self._images_on, self._copies = _shared or ({}, set(), {})
         self._lock = threading.Lock()
         # The progress lines of the create running in this thread (``prepare_image``
         # is told them; a copy ``start`` finds needed tells them too).
         self._told = threading.local()
 
     def clone(self):
-        return SwarmBackend(self.node_engine, self.manager.clone(), (self._lost, self._images_on))
+        return SwarmBackend(self.node_engine, self.manager.clone(),
+                            (self._lost, self._images_on, self._copies))
 
     def _call(self, method, *args, within=QUICK_TIMEOUT, **kwargs):
         """A call on the manager's API (docker-py's method by name)."""
@@ -164,6 +150,7 @@ class SwarmBackend(Backend):
             if engine is None:
                 client = _node_client(url, self.manager.api.api_version)
                 engine = DockerBackend(client, "%s (node %s)" % (url, node_label(node)))
+                _check_plain_http(engine, url)
                 self._engines[url] = engine
         return engine
 
@@ -179,76 +166,6 @@ class SwarmBackend(Backend):
         now = time.monotonic()
         with self._lock:
             return [node for node, when in self._lost.items() if now - when < LOST_MEMORY]
-
-    # --- images -------------------------------------------------------------------
-    def image_exists(self, image):
-        if registry_of(image) is None:
-            return self.manager.image_exists(image)
-        self._pinned(image)  # the registry has it, or a clear error why not
-        return True
-
-    @property
-    def images(self):
-        return self.manager.images
-
-    def _pinned(self, image):
-        """A registry image's name pinned to the digest its registry gives it now."""
-        repository, tag = parse_repository_tag(image)
-        if tag and tag.startswith("sha256:"):
-            return image
-        try:
-            found = self._call("inspect_distribution", image, within=CHANGE_TIMEOUT)
-        except FiddleDockError as exc:  # not ImageNotFound: that would say "install it here"
-            raise EngineError(404, "the registry %s does not give the image %s to the Swarm "
-                              "manager (%s); push it there (docker push %s), or name an image "
-                              "without a registry host to have FiddleDock copy it to the "
-                              "nodes" % (registry_of(image), image, short_error(exc)[:200],
-                                         image)) from None
-        return "%s@%s" % (repository, found["Descriptor"]["digest"])
-
-    def _image_id(self, image):
-        """What a service runs: a registry image by digest, any other by its id here."""
-        if registry_of(image) is not None:
-            return self._pinned(image)
-        info = self.manager.images.inspect(image)
-        if info is None:
-            raise ImageNotFound(image)
-        return info["Id"]
-
-    def prepare_image(self, image, progress):
-        """Copy the image from the manager's engine to every ready node that lacks it
-        (a registry's image: nothing, the nodes pull it)."""
-        self._told.progress = progress
-        if registry_of(image) is not None:
-            return
-        image_id = self._image_id(image)
-        for node in self._nodes():
-            if node_ready(node) and (node["ID"], image_id) not in self._images_on:
-                self._ensure_image_on(node, image, image_id, progress)
-
-    def _ensure_image_on(self, node, image, image_id, progress):
-        engine = self._engine(node)
-        if not engine.image_exists(image_id):
-            self._copy_image(engine, node, image, progress)
-        self._images_on.add((node["ID"], image_id))
-
-    def _copy_image(self, engine, node, image, progress):
-        """``save`` on the manager's engine into ``load`` on the node's (no registry)."""
-        size = (self.manager.images.inspect(image) or {}).get("Size") or 0
-        where = "node %s" % node_label(node)
-        progress("%s lacks the image %s: copying it from the manager's engine (about %s)..."
-                 % (where, image, format_size(size)))
-        try:
-            tar = self._call("get_image", image, chunk_size=CHUNK, within=CHANGE_TIMEOUT)
-            answer = engine.call(engine.api.load_image, _copied(tar, size, where, progress),
-                                 within=None)
-            for line in answer:
-                if isinstance(line, dict) and line.get("error"):
-                    raise EngineError(500, line["error"])
-        except (requests.exceptions.RequestException, OSError) as exc:
-            raise EngineUnavailable("copying the image %s to %s failed: %s"
-                                    % (image, where, short_error(exc))) from None
-        progress("%s: image %s copied" % (where, image))
 
     # --- services as containers -------------------------------------------------------
     def _service(self, name_or_id):
