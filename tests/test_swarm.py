@@ -122,6 +122,18 @@ def test_instances_spread_over_nodes_and_list_shows_them(cluster, notebook):
     assert nodes["s0"] in listed
 
 
+def test_the_panel_has_a_node_column_on_a_cluster(notebook):
+    shown = run_ok(notebook.kernel, "import html, json, re\np = %dockerrun panel\np.model.refresh()\n"
+                   "text = lambda w: html.unescape(re.sub(r'<[^>]+>', '', w.value))\n"
+                   "print(json.dumps([[text(c) for c in p.head.children[1:]],\n"
+                   "                  [text(c) for c in p.rows['s0'].cells],\n"
+                   "                  p.grid.layout.grid_template_columns.count('minmax')]))")
+    headings, cells, tracks = json.loads(shown.strip().splitlines()[-1])
+    assert headings[:4] == ["name", "image", "status", "node"], headings
+    assert cells[0] == "s0" and cells[3] == notebook.nodes()["s0"], cells
+    assert tracks == len(headings) - 1  # the grid has the column too (the menu's is auto)
+
+
 def test_hardening_holds_on_a_worker(cluster, notebook):
     names = notebook.on_node(WORKER)
     assert names, "no instance landed on the worker node %d" % WORKER
@@ -391,15 +403,15 @@ def test_node_engines_over_tls_from_the_environment(cluster, tmp_path):
     assert "ran over TLS" in done.stdout and "Traceback" not in shown, shown[-2000:]
     row = [r for r in done.stdout.splitlines() if r.startswith("overtls")]
     assert row and "(%s." % SUBNET in row[0], done.stdout
-    # The same without the client's certificate: the node engine refuses, in one line.
-    env.pop("DOCKER_TLS_VERIFY")
-    env["DOCKER_CERT_PATH"] = str(tmp_path)
+    # Without the client's certificate (TLS not set up): one line naming the node engine.
+    del env["DOCKER_TLS_VERIFY"], env["DOCKER_CERT_PATH"]
     done = subprocess.run(["nsenter", "--net=/var/run/netns/%s-1" % cluster.name,
                            sys.executable, "-c", TLS_NOTEBOOK], env=env, capture_output=True,
                           text=True, timeout=180)
     shown = done.stdout + done.stderr
     assert "ran over TLS" not in shown and "Traceback" not in shown, shown[-2000:]
-    assert "tcp://%s." % SUBNET in shown, shown[-2000:]
+    assert "the node engine tcp://%s." % SUBNET in shown, shown[-2000:]
+    assert "wants TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH" in shown, shown[-2000:]
 
 
 def test_reattach_after_a_kernel_restart(notebook):
