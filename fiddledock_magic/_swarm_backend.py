@@ -245,6 +245,13 @@ class SwarmBackend(ClusterImages, Backend):
         return rows
 
     def create(self, name, spec, command, labels, hostname):
+        try:
+            return self._create(name, spec, command, labels, hostname)
+        except BaseException:
+            self._told.progress = None  # no start follows: a later one must not use them
+            raise
+
+    def _create(self, name, spec, command, labels, hostname):
         if spec.network != "none":
             # Measured: a non-internal overlay network reaches the nodes' Swarm ports
             # (2377, 7946); only a firewall on every node could close them.
