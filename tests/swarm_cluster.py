@@ -13,12 +13,13 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 
 import docker
 import pytest
 
-from conftest import Kernel, is_notice, missing, notice_text, stream_text
+from conftest import Kernel, is_notice, missing, notice_text, printed, stream_text, wait_for
 from fiddledock_magic._image import DEFAULT_IMAGE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,3 +182,20 @@ def instance_ip(cluster, notebook, name):
     where = [n for n in (1, 2, 3) if "(%s)" % Cluster.addr(n) in notebook.nodes()[name]][0]
     networks = container_on(cluster, where, name).attrs["NetworkSettings"]["Networks"]
     return [net["IPAddress"] for net in networks.values() if net["IPAddress"]][0]
+
+
+class Running:
+    """A cell run on another thread, returned once it has printed ``text``; ``live``:
+    its messages so far, ``result()``: (reply, messages) once it has ended."""
+
+    def __init__(self, kernel, cell, text, what, timeout=120):
+        self.live, self._done = [], []
+        self._thread = threading.Thread(target=lambda: self._done.append(
+            kernel.execute(cell, collect=self.live, timeout=timeout)))
+        self._thread.start()
+        wait_for(printed(self.live, text), what)
+
+    def result(self, wait=90):
+        self._thread.join(wait)
+        assert self._done, "the cell did not end within %d s" % wait
+        return self._done[0]

@@ -13,16 +13,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 from traitlets import TraitError
 
-from conftest import Kernel, new_scope, notice_text, printed, stream_text, wait_for
+from conftest import Kernel, new_scope, notice_text, stream_text, wait_for
 from fiddledock_magic._config import DockerRun
-from swarm_cluster import (IMAGE, REGISTRY, REGISTRY_IMAGE, RUNSC_NODE, SPREAD,
-                           SUBNET, WORKER, Cluster, cluster, container_on, instance_ip,
-                           notebook, run_ok, shown_text, swarm_kernel)  # noqa: F401  (fixtures)
+from swarm_cluster import (IMAGE, REGISTRY, REGISTRY_IMAGE, RUNSC_NODE, SPREAD, SUBNET,
+                           WORKER, Cluster, Running, cluster, container_on, instance_ip,
+                           notebook, run_ok, shown_text, swarm_kernel)  # noqa: F401 (fixtures)
 
 
 def test_node_lacking_the_image_gets_it_from_the_manager(cluster, notebook):
@@ -37,17 +36,11 @@ def test_node_lacking_the_image_gets_it_from_the_manager(cluster, notebook):
 
 
 def test_cell_streams_through_a_node_engine(notebook):
-    live = []
-    done = []
-    cell = ("%%dockerrun first\nimport time\nfor i in range(3):\n"
-            "    print('line', i, flush=True)\n    time.sleep(0.4)")
-    thread = threading.Thread(target=lambda: done.append(
-        notebook.kernel.execute(cell, collect=live)))
-    thread.start()
-    wait_for(printed(live, "line 0"), "the first line, while the cell runs")
-    assert "line 2" not in stream_text(list(live))  # streamed, not handed over at the end
-    thread.join(60)
-    reply, msgs = done[0]
+    cell = Running(notebook.kernel, "%%dockerrun first\nimport time\nfor i in range(3):\n"
+                   "    print('line', i, flush=True)\n    time.sleep(0.4)",
+                   "line 0", "the first line, while the cell runs")
+    assert "line 2" not in stream_text(list(cell.live))  # streamed, not handed over at the end
+    reply, msgs = cell.result()
     assert reply["status"] == "ok"
     assert stream_text(msgs) == "line 0\nline 1\nline 2\n"
 
@@ -306,16 +299,11 @@ def on_worker(notebook):
 
 def test_interrupt_reaches_a_cell_on_a_worker(notebook):
     name = on_worker(notebook)
-    live, done = [], []
-    cell = "%%dockerrun " + name + "\nimport time\nprint('looping', flush=True)\n" \
-        "while True:\n    time.sleep(0.01)"
-    thread = threading.Thread(target=lambda: done.append(
-        notebook.kernel.execute(cell, collect=live, timeout=60)))
-    thread.start()
-    wait_for(printed(live, "looping"), "the cell to start on the worker")
+    cell = Running(notebook.kernel, "%%dockerrun " + name + "\nimport time\n"
+                   "print('looping', flush=True)\nwhile True:\n    time.sleep(0.01)",
+                   "looping", "the cell to start on the worker")
     notebook.kernel.km.interrupt_kernel()
-    thread.join(30)
-    reply, msgs = done[0]
+    reply, msgs = cell.result(30)
     assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", shown_text(msgs)
     assert run_ok(notebook.kernel, "%%dockerrun " + name + "\nprint(me)") == name + "\n"
 
@@ -338,13 +326,9 @@ def test_a_second_kernel_sees_the_instance_busy(cluster, notebook):
     name = on_worker(notebook)
     other = swarm_kernel(cluster, notebook.scope)
     try:
-        live, done = [], []
-        cell = "%%dockerrun " + name + "\nimport time\nprint('a start', flush=True)\n" \
-            "time.sleep(5)\nprint('a end')"
-        thread = threading.Thread(target=lambda: done.append(
-            notebook.kernel.execute(cell, collect=live, timeout=60)))
-        thread.start()
-        wait_for(printed(live, "a start"), "the first kernel's cell to start")
+        cell = Running(notebook.kernel, "%%dockerrun " + name + "\nimport time\n"
+                       "print('a start', flush=True)\ntime.sleep(5)\nprint('a end')",
+                       "a start", "the first kernel's cell to start")
         reply, msgs = other.execute("%%dockerrun " + name + "\nprint('b ran')")
         text = shown_text(msgs)
         assert reply["status"] == "error" and reply["ename"] == "InstanceBusy", text
@@ -353,8 +337,7 @@ def test_a_second_kernel_sees_the_instance_busy(cluster, notebook):
         assert "b ran" not in text
         row = [r for r in run_ok(other, "%dockerrun list").splitlines() if r.startswith(name)]
         assert " busy " in row[0], row
-        thread.join(30)
-        reply, msgs = done[0]
+        reply, msgs = cell.result(30)
         assert reply["status"] == "ok" and stream_text(msgs) == "a start\na end\n"
         assert run_ok(other, "%%dockerrun " + name + "\nprint(me)") == name + "\n"
     finally:
@@ -428,16 +411,12 @@ def test_a_node_that_dies(cluster, notebook):
     survivors = [n for n in notebook.on_node(1) if n.startswith("s")]
     assert doomed and survivors, notebook.nodes()
     victim = doomed[0]
-    live, done = [], []
-    cell = "%%dockerrun " + victim + "\nimport time\nprint('working', flush=True)\ntime.sleep(60)"
-    thread = threading.Thread(target=lambda: done.append(
-        notebook.kernel.execute(cell, collect=live, timeout=120)))
-    thread.start()
-    wait_for(printed(live, "working"), "the cell to start on the worker")
+    cell = Running(notebook.kernel, "%%dockerrun " + victim + "\nimport time\n"
+                   "print('working', flush=True)\ntime.sleep(60)",
+                   "working", "the cell to start on the worker")
     killed = cluster.script("kill-node", cluster.name, str(WORKER))
     assert killed.returncode == 0, killed.stderr
-    thread.join(90)
-    reply, msgs = done[0]
+    reply, msgs = cell.result(90)
     assert reply["status"] == "error"
     text = shown_text(msgs)
     assert "instance %r: the node running it, " % victim in text and "is gone" in text, text
