@@ -1,6 +1,6 @@
 """FiddleDock on a Docker Swarm cluster, next to one engine: the cluster's figures.
 
-    .venv/bin/python bench/cluster.py            # ~3 min; table + bench/results/cluster.json
+    .venv/bin/python bench/cluster.py            # ~4 min; table + bench/results/cluster.json
     .venv/bin/python bench/cluster.py --quick    # fewer repetitions and instances
 
 Starts a 3-node test cluster of its own (scripts/test-cluster.sh, root), runs
@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 import uuid
+
+import docker
 
 from fiddledock_magic._image import DEFAULT_IMAGE
 
@@ -80,6 +82,34 @@ class Bench:
                 "first cell ratio (cluster / docker run)":
                     round(statistics.median(cluster) / statistics.median(docker_run), 2)}
 
+    def first_cells_pooled(self, rounds):
+        """The first cell of an instance taken from a pool of one (refilled in between)."""
+        from fiddledock_magic._extension import manager_of
+        self.use("swarm")
+        pool = manager_of(self.shell).pool
+        pool.resize(1)
+        times = []
+        for i in range(rounds):
+            pool.wait(180)
+            times.append(self.cell("pooled%d" % i, "print(1)"))
+            self.line("dockerrun", "delete pooled%d" % i)
+        pool.resize(0)
+        return {"first cell on the cluster from a pool of 1 (ms)": p50_ms(times)}
+
+    def network_cost(self, rounds):
+        """Where a first cell's time goes: a service like an instance's (the same image
+        and tmpfs volumes), created until its task runs, with the internal overlay
+        network of its own an instance gets, and with no network (which would give
+        the task a bridge with a way out: not an option, only the comparison)."""
+        client = docker.DockerClient(base_url=self.manager, timeout=60)
+        image = client.images.get(IMAGE).id
+        times = {True: [], False: []}
+        for _ in range(rounds):
+            for with_network in (True, False):
+                times[with_network].append(_time_to_running(client, image, with_network))
+        return {"a task running, with its own internal overlay network (ms)": p50_ms(times[True]),
+                "a task running, no network (comparison, ms)": p50_ms(times[False])}
+
     def warm_cells(self, rounds, per_round):
         times = {"swarm": [], "docker": []}
         for _ in range(rounds):
@@ -121,6 +151,34 @@ class Bench:
         return result
 
 
+def _time_to_running(client, image, with_network):
+    name = "bench-net-%s" % uuid.uuid4().hex[:6]
+    started = time.perf_counter()
+    networks = []
+    if with_network:
+        network = client.api.create_network(name, driver="overlay", internal=True)
+        networks = [{"Target": network["Id"]}]
+    folders = [{"Type": "volume", "Target": target, "VolumeOptions": {"DriverConfig": {
+        "Name": "local", "Options": {"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}}}}
+        for target in ("/tmp", "/home/sandbox", "/run/fiddledock", "/dev/shm")]
+    service = client.api.create_service(
+        {"ContainerSpec": {"Image": image, "Command": ["sleep", "60"], "Mounts": folders},
+         "RestartPolicy": {"Condition": "none"}, "Networks": networks}, name=name)
+    while not [t for t in client.api.tasks(filters={"service": service["ID"]})
+               if t["Status"]["State"] == "running"]:
+        time.sleep(0.02)
+    took = time.perf_counter() - started
+    client.api.remove_service(service["ID"])
+    if with_network:
+        for _ in range(50):  # the network is in use until the task has stopped
+            try:
+                client.api.remove_network(network["Id"])
+                break
+            except docker.errors.APIError:
+                time.sleep(0.2)
+    return took
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and instances")
@@ -144,6 +202,10 @@ def main(argv=None):
         result = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
         log("first cells")
         result.update(bench.first_cells(3 if args.quick else 6))
+        log("first cells from a pool")
+        result.update(bench.first_cells_pooled(3 if args.quick else 6))
+        log("what the instance's own network costs")
+        result.update(bench.network_cost(3 if args.quick else 6))
         log("warm cells")
         result.update(bench.warm_cells(2 if args.quick else 3, 10 if args.quick else 30))
         log("many instances")

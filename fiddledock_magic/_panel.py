@@ -18,8 +18,8 @@ import ipywidgets as widgets
 from ._errors import short_error
 from ._panel_batch import cells_ended, counted, listed
 from ._panel_model import FIELDS, model_for
-from ._panel_rows import (SPAN, InstanceRow, beside_cells, button, esc, header, spinning,
-                          table, tick)
+from ._panel_rows import (SPAN, InstanceRow, beside_cells, button, esc, header, on_cluster,
+                          spinning, table, tick)
 
 PLACEHOLDERS = {"name": "e.g. alice", "cpus": "cores", "pids": "processes"}
 LABELS = {"name": "name", "image": "image", "memory": "memory", "cpus": "CPUs",
@@ -73,11 +73,11 @@ class InstancePanel(widgets.VBox):
         self.select_all = tick("Select every instance")
         self.select_all.add_class("fd-select-all")
         self.select_all.observe(self._select_all_changed, "value")
-        self.head = header(self.select_all)
+        self.head = header(self.select_all, on_cluster(model))
         self.table = widgets.GridBox(layout=widgets.Layout(
             grid_area=SPAN, grid_template_columns="subgrid", overflow="visible"))
         self.table.add_class("fd-rows")
-        self.grid = table(self.head, self.table)
+        self.grid = table(self.head, self.table, on_cluster(model))
         self.empty = widgets.HTML()
         self.empty.add_class("fd-empty")
         # acting on the selected rows

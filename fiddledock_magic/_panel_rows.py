@@ -22,6 +22,7 @@ COLUMNS = (("", "26px"), ("name", "minmax(70px, 1.5fr)"), ("image", "minmax(56px
            ("status", "minmax(62px, 0.8fr)"), ("uptime", "minmax(62px, 0.6fr)"),
            ("memory used / limit", "minmax(76px, 1.3fr)"), ("CPU", "minmax(40px, 0.5fr)"),
            ("last result", "minmax(82px, 1.2fr)"), ("", "auto"))
+NODE = ("node", "minmax(70px, 1fr)")  # after status, on a Swarm cluster only
 STATUS_COLORS = {"ready": "#2e7d32", "not connected": "#1565c0", "busy": "#b45309",
                  "stopped": "#757575", "crashed": "#c62828"}
 RESULT_COLORS = {"ok": "#2e7d32", "error": "#c62828", "timeout": "#b45309",
@@ -38,6 +39,15 @@ _WRAP = "line-height:1.3;padding:5px 0;white-space:normal;overflow-wrap:anywhere
 _HEAD = "line-height:1.3;padding:5px 0;white-space:normal"  # words kept whole
 _CLIP = "line-height:1.3;padding:5px 0;white-space:nowrap;overflow:hidden;" \
         "text-overflow:ellipsis"
+
+
+def on_cluster(model):
+    """Whether the table has a node column: instances run on a Swarm cluster's nodes."""
+    return model.manager.config.backend == "swarm"
+
+
+def columns(with_node):
+    return COLUMNS[:4] + (NODE,) + COLUMNS[4:] if with_node else COLUMNS
 
 
 def esc(text):
@@ -100,20 +110,20 @@ def subgrid(children, cls):
     return box
 
 
-def table(head, rows):
+def table(head, rows, with_node=False):
     """The grid itself: ``head`` and ``rows`` (a box of rows) span all its columns."""
     # Narrower than every column's minimum (about 560 px), the table scrolls sideways as
     # one, its columns still aligned.
     box = widgets.GridBox([head, rows], layout=widgets.Layout(
-        grid_template_columns=" ".join(width for _, width in COLUMNS), width="100%",
+        grid_template_columns=" ".join(width for _, width in columns(with_node)), width="100%",
         overflow="auto hidden"))
     box.add_class("fd-table")
     return box
 
 
-def header(select_all):
+def header(select_all, with_node=False):
     cells = [select_all]
-    for heading, _ in COLUMNS[1:]:
+    for heading, _ in columns(with_node)[1:]:
         c = cell("fd-head")
         c.value = "<div style='%s'><b>%s</b></div>" % (_HEAD, esc(heading))
         cells.append(c)
@@ -156,9 +166,10 @@ class InstanceRow(widgets.GridBox):
         model = panel.model
         self.tick = tick("Select %s to act on several instances at once" % name)
         self.tick.observe(lambda change: model.select(name, change["new"]), "value")
-        # the instance's numbers: name, image, status, uptime, memory, CPU
-        self.cells = [cell(cls) for cls in ("fd-name", "fd-image", "fd-status", "fd-uptime",
-                                            "fd-memory", "fd-cpu")]
+        # the instance's numbers: name, image, status, (node,) uptime, memory, CPU
+        self.with_node = on_cluster(model)
+        self.cells = [cell(cls) for cls in ("fd-name", "fd-image", "fd-status")
+                      + ("fd-node",) * self.with_node + ("fd-uptime", "fd-memory", "fd-cpu")]
         self.result = cell("fd-result")
         self.b_menu = button("\u22ef", "fd-menu", "Actions on %s: make default, restart, "
                                                   "reset, delete" % name)
@@ -216,8 +227,9 @@ class InstanceRow(widgets.GridBox):
             STATUS_COLORS.get(row.status, "#000"), title, _unbroken("\u25cf " + row.status))
         values = ("<div style='%s'>%s</div>" % (_WRAP, name),
                   "<div style='%s' title='%s'>%s</div>" % (_CLIP, image, image),
-                  "<div style='%s'>%s</div>" % (_WRAP, status),
-                  "<div style='%s'>%s</div>" % (_WRAP, esc(format_duration(row.uptime))),
+                  "<div style='%s'>%s</div>" % (_WRAP, status)) \
+            + ("<div style='%s'>%s</div>" % (_WRAP, esc(row.node or "-")),) * self.with_node \
+            + ("<div style='%s'>%s</div>" % (_WRAP, esc(format_duration(row.uptime))),
                   "<div style='%s'>%s</div>" % (_WRAP, format_memory_cell(row)),
                   "<div style='%s'>%s</div>" % (_WRAP, esc(format_cpu(row))))
         for c, value in zip(self.cells + [self.result], values + (format_result(result),)):

@@ -9,6 +9,9 @@ is found through the task and reached through that node's engine
 ``DockerBackend`` per node: channels, files, stats and kill go there exactly
 as with one engine. The service spec is ``_swarm_spec``'s.
 
+Images reach the nodes as ``_swarm_images`` says (a registry's image pulled
+by the nodes, any other copied from the manager's engine).
+
 Services cannot be renamed: the instance's container name is the service
 label ``fiddledock.name`` (updated when the pool hands one out); the
 service's own name is only a readable, valid one.
@@ -21,15 +24,14 @@ import uuid
 
 import docker
 import docker.errors
-import requests.exceptions
 from docker.utils import kwargs_from_env
 
 from ._backend import LABEL, PING_TIMEOUT, Backend, Container
 from ._docker_backend import (CHANGE_TIMEOUT, MAX_CONNECTIONS, QUICK_TIMEOUT, DockerBackend,
                               engine_address)
-from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound, \
-    format_size, short_error
+from ._errors import EngineError, EngineUnavailable, FiddleDockError, short_error
 from ._spec import InvalidSetting
+from ._swarm_images import ClusterImages, registry_of
 from ._swarm_spec import (NAME_LABEL, RUNTIME_LABEL, VOLUME_LABEL, current_task,
                           node_engine_url, node_label, node_ready, task_container, task_state,
                           task_template)
@@ -40,8 +42,6 @@ UNPLACED_GRACE = 3.0  # s a task may wait "pending" with a scheduling error befo
 POLL = 0.05  # s between looks at a starting task
 LOST_MEMORY = 120.0  # s new tasks keep off a node found gone (the manager notices by then)
 IMAGE_COPIES = 3  # nodes one start may copy the image to before it gives up
-CHUNK = 1 << 20  # bytes per read of an image being copied
-PROGRESS_SHARE = 4  # progress lines per image copy (every quarter)
 
 
 def _service_name(name):
@@ -51,29 +51,36 @@ def _service_name(name):
 
 def _node_client(url, version):
     """A docker-py client of one node's engine; TLS from the environment, as ``from_env``."""
-    tls = kwargs_from_env().get("tls") if not url.startswith(("unix://", "ssh://")) else None
     try:
-        return docker.DockerClient(base_url=url, version=version, tls=tls or False,
-                                   timeout=QUICK_TIMEOUT, max_pool_size=MAX_CONNECTIONS)
+        tls = kwargs_from_env().get("tls") if not url.startswith(("unix://", "ssh://")) else None
+        client = docker.DockerClient(base_url=url, version=version, tls=tls or False,
+                                     timeout=QUICK_TIMEOUT, max_pool_size=MAX_CONNECTIONS)
     except docker.errors.DockerException as exc:
         raise EngineUnavailable("cannot use the node engine %s (%s); check DockerRun.node_engine"
                                 % (url, short_error(exc))) from None
+    if tls:
+        # requests lets REQUESTS_CA_BUNDLE (often set machine-wide) override the
+        # client's own CA: the node's certificate would be checked against the
+        # wrong authorities. Nothing else of the environment applies to an engine.
+        client.api.trust_env = False
+    return client
 
 
-def _copied(stream, size, where, progress):
-    """The chunks of an image's tar, with a progress line every quarter of ``size``."""
-    done, step = 0, max(1, size // PROGRESS_SHARE)
-    next_line = step
-    for chunk in stream:
-        done += len(chunk)
-        if done >= next_line:
-            progress("  %s of about %s copied to %s"
-                     % (format_size(done), format_size(size), where))
-            next_line = done + step
-        yield chunk
+def _check_plain_http(engine, url):
+    """A node engine that wants TLS, asked without: say how to set TLS up (its own
+    answer, a 400, would otherwise surface as whatever request came first)."""
+    if url.startswith(("unix://", "ssh://")) or kwargs_from_env().get("tls"):
+        return
+    try:
+        engine.ping()
+    except FiddleDockError as exc:
+        if "HTTP request to an HTTPS server" in str(exc):
+            raise EngineUnavailable(
+                "the node engine %s wants TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH "
+                "(the folder with ca.pem, cert.pem and key.pem) for the notebook" % url) from None
 
 
-class SwarmBackend(Backend):
+class SwarmBackend(ClusterImages, Backend):
     """A Swarm cluster: the manager at DOCKER_HOST and every node's engine."""
 
     def __init__(self, node_engine=DEFAULT_NODE_ENGINE, manager=None, _shared=None):
@@ -81,13 +88,18 @@ class SwarmBackend(Backend):
         self.manager = manager or DockerBackend()
         self._engines = {}  # node engine url -> DockerBackend
         self._placed = {}  # service id -> (node engine, container id, node) of its running task
-        # What every clone learns about the cluster: nodes found gone (id -> when)
-        # and images known on a node ((node id, image id)).
-        self._lost, self._images_on = _shared or ({}, set())
+        # What every clone learns about the cluster: nodes found gone (id -> when),
+        # images known on a node ((node id, image id)) and the copies under way
+        # ((node id, image id) -> lock: instances started at once copy once).
+        self._lost, self._images_on, self._copies = _shared or ({}, set(), {})
         self._lock = threading.Lock()
+        # The progress lines of the create running in this thread (``prepare_image``
+        # is told them; a copy ``start`` finds needed tells them too).
+        self._told = threading.local()
 
     def clone(self):
-        return SwarmBackend(self.node_engine, self.manager.clone(), (self._lost, self._images_on))
+        return SwarmBackend(self.node_engine, self.manager.clone(),
+                            (self._lost, self._images_on, self._copies))
 
     def _call(self, method, *args, within=QUICK_TIMEOUT, **kwargs):
         """A call on the manager's API (docker-py's method by name)."""
@@ -138,6 +150,7 @@ class SwarmBackend(Backend):
             if engine is None:
                 client = _node_client(url, self.manager.api.api_version)
                 engine = DockerBackend(client, "%s (node %s)" % (url, node_label(node)))
+                _check_plain_http(engine, url)
                 self._engines[url] = engine
         return engine
 
@@ -153,51 +166,6 @@ class SwarmBackend(Backend):
         now = time.monotonic()
         with self._lock:
             return [node for node, when in self._lost.items() if now - when < LOST_MEMORY]
-
-    # --- images -------------------------------------------------------------------
-    def image_exists(self, image):
-        return self.manager.image_exists(image)
-
-    @property
-    def images(self):
-        return self.manager.images
-
-    def _image_id(self, image):
-        info = self.manager.images.inspect(image)
-        if info is None:
-            raise ImageNotFound(image)
-        return info["Id"]
-
-    def prepare_image(self, image, progress):
-        """Copy the image from the manager's engine to every ready node that lacks it."""
-        image_id = self._image_id(image)
-        for node in self._nodes():
-            if node_ready(node) and (node["ID"], image_id) not in self._images_on:
-                self._ensure_image_on(node, image, image_id, progress)
-
-    def _ensure_image_on(self, node, image, image_id, progress):
-        engine = self._engine(node)
-        if not engine.image_exists(image_id):
-            self._copy_image(engine, node, image, progress)
-        self._images_on.add((node["ID"], image_id))
-
-    def _copy_image(self, engine, node, image, progress):
-        """``save`` on the manager's engine into ``load`` on the node's (no registry)."""
-        size = (self.manager.images.inspect(image) or {}).get("Size") or 0
-        where = "node %s" % node_label(node)
-        progress("%s lacks the image %s: copying it from the manager's engine (about %s)..."
-                 % (where, image, format_size(size)))
-        try:
-            tar = self._call("get_image", image, chunk_size=CHUNK, within=CHANGE_TIMEOUT)
-            answer = engine.call(engine.api.load_image, _copied(tar, size, where, progress),
-                                 within=None)
-            for line in answer:
-                if isinstance(line, dict) and line.get("error"):
-                    raise EngineError(500, line["error"])
-        except (requests.exceptions.RequestException, OSError) as exc:
-            raise EngineUnavailable("copying the image %s to %s failed: %s"
-                                    % (image, where, short_error(exc))) from None
-        progress("%s: image %s copied" % (where, image))
 
     # --- services as containers -------------------------------------------------------
     def _service(self, name_or_id):
@@ -277,6 +245,13 @@ class SwarmBackend(Backend):
         return rows
 
     def create(self, name, spec, command, labels, hostname):
+        try:
+            return self._create(name, spec, command, labels, hostname)
+        except BaseException:
+            self._told.progress = None  # no start follows: a later one must not use them
+            raise
+
+    def _create(self, name, spec, command, labels, hostname):
         if spec.network != "none":
             # Measured: a non-internal overlay network reaches the nodes' Swarm ports
             # (2377, 7946); only a firewall on every node could close them.
@@ -309,13 +284,18 @@ class SwarmBackend(Backend):
     def start(self, service_id):
         """Wait for the service's task to run; a new task if it has ended (or its node is gone).
 
-        A node that lacks the image gets it from the manager's engine, and the
-        task is started again.
+        A node that lacks the image gets it from the manager's engine (told as
+        the create running in this thread told ``prepare_image``), and the task
+        is started again; a node that cannot pull a registry's image is an error.
         """
+        progress = getattr(self._told, "progress", None) or (lambda line: None)
+        self._told.progress = None
         deadline = time.monotonic() + START_TIMEOUT
         handled = set()  # ended tasks a new one was asked for
         copies = 0
         unplaced_since = None
+        image = None
+        pulling = None  # the node we said is pulling the image
         while True:
             task = current_task(self._tasks([service_id]))
             state, code, error = task_state(task)
@@ -328,19 +308,34 @@ class SwarmBackend(Backend):
                     self._placed[service_id] = placed
                 return
             ended = state in ("exited", "dead") or (state == "running" and gone)
+            lacks_image = "No such image" in error and node is not None
+            preparing = ((task or {}).get("Status") or {}).get("State") == "preparing"
+            if (lacks_image or preparing) and image is None:
+                image = ((self._service(service_id) or {}).get("Spec", {}).get("Labels")
+                         or {}).get("fiddledock.image") or ""
             if ended and task["ID"] not in handled:
-                if handled and "No such image" not in error:  # the new task ended too
+                if lacks_image and registry_of(image) is not None:
+                    raise EngineError(500, "node %s could not pull the image %s from the "
+                                      "registry %s: %s (does the node reach it, and trust it: "
+                                      "insecure-registries for one without TLS?)"
+                                      % (node_label(node), image, registry_of(image), error))
+                if handled and not lacks_image:  # the new task ended too
                     raise EngineError(500, "the instance's task on node %s ended before it ran: "
                                       "%s" % (node_label(node) if node else "?",
                                               error or (task.get("Status") or {}).get("State")))
-                if "No such image" in error and node is not None and copies < IMAGE_COPIES:
+                if lacks_image and copies < IMAGE_COPIES:
+                    # Removed from the node since we looked, a node new to us, or a
+                    # pool's instance (whose create copies nothing first).
                     copies += 1
-                    image = ((self._service(service_id) or {}).get("Spec", {}).get("Labels")
-                             or {}).get("fiddledock.image")
-                    self._ensure_image_on(node, image, self._image_id(image),
-                                         lambda line: None)
+                    self._images_on.discard((node["ID"], self._image_id(image)))
+                    self._ensure_image_on(node, image, self._image_id(image), progress)
                 handled.add(task["ID"])
                 self._new_task(service_id)
+            elif preparing and node is not None and image and registry_of(image) \
+                    and pulling != node["ID"]:
+                pulling = node["ID"]  # said once per node: a pull has no progress to show here
+                progress("node %s is getting the image %s from the registry %s..."
+                         % (node_label(node), image, registry_of(image)))
             elif state == "created" and error:  # pending: no node fits
                 unplaced_since = unplaced_since or time.monotonic()
                 if time.monotonic() - unplaced_since > UNPLACED_GRACE:

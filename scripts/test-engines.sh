@@ -22,6 +22,7 @@
 # ($DATA_DIR/templates/IMAGE-ID, kept between runs: `purge` removes it); each
 # engine then starts from hard links to those read-only layers and a copy of
 # the rest, in a second or two instead of a save and load each time.
+# FIDDLEDOCK_DOCKERD_ARGS: more dockerd options for every engine started (e.g. a TLS listener).
 set -euo pipefail
 
 RUN_DIR=/run/fiddledock-test        # sockets, pidfiles, exec roots
@@ -93,7 +94,7 @@ start_dockerd() {
     --data-root "$DATA_DIR/$engine/data" --exec-root "$RUN_DIR/$engine.exec" \
     -H "$sock" --pidfile "$RUN_DIR/$engine.pid" \
     --containerd-namespace "fdt-$engine" --containerd-plugins-namespace "fdt-$engine-plugins" \
-    >>"$DATA_DIR/$engine/dockerd.log" 2>&1 < /dev/null &
+    ${FIDDLEDOCK_DOCKERD_ARGS:-} >>"$DATA_DIR/$engine/dockerd.log" 2>&1 < /dev/null &
   for ((i = 0; i < WAIT_SECONDS * 10; i++)); do
     timeout 5 docker -H "$sock" version >/dev/null 2>&1 && return 0
     sleep 0.1

@@ -1,145 +1,27 @@
 """Instances on a Docker Swarm cluster (``DockerRun.backend = "swarm"``), end to end.
 
-One test cluster for the module (scripts/test-cluster.sh: three engines on
-this machine, each in a network namespace of its own; node 1 the manager,
-node 3 runs gVisor and carries the node label fiddledock.runtime=runsc) and
-a real kernel pointed at its manager. The tests run in file order: the image
-copy needs a node without containers, and the node killed last takes its
-instances with it.
+One test cluster for the module (tests/swarm_cluster.py: three engines on
+this machine, each in a network namespace of its own, a manager, a worker
+and a gVisor worker, and a registry on their bridge) and a real kernel
+pointed at its manager. The tests run in file order: the image copies need
+nodes without containers, and the node killed last takes its instances with
+it.
 """
 
+import hashlib
 import json
 import os
 import subprocess
-import threading
-import uuid
+import sys
 
-import docker
 import pytest
 from traitlets import TraitError
 
-from conftest import (Kernel, is_notice, missing, new_scope, notice_text, printed, stream_text,
-                      wait_for)
+from conftest import Kernel, new_scope, notice_text, stream_text, wait_for
 from fiddledock_magic._config import DockerRun
-from fiddledock_magic._image import DEFAULT_IMAGE
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "test-cluster.sh")
-RUN_DIR = "/run/fiddledock-test"
-SUBNET = "10.213.0"
-IMAGE = DEFAULT_IMAGE  # the cluster gets it from the main engine (scripts/test-engines.sh)
-START_TIMEOUT = 240  # the first cluster of a machine also makes the engines' image template
-WORKER = 2  # the worker node the hardening is inspected on and that is killed
-RUNSC_NODE = 3
-SPREAD = 6  # instances that must land on more than one node
-
-
-class Cluster:
-    """The test cluster: engine sockets and node addresses by node number."""
-
-    def __init__(self, name):
-        self.name = name
-        self.manager = "unix://%s/%s-1.sock" % (RUN_DIR, name)
-        self.template = "unix://%s/%s-by-addr/{addr}.sock" % (RUN_DIR, name)
-
-    @staticmethod
-    def addr(node):
-        return "%s.%d" % (SUBNET, 10 + node)
-
-    def engine(self, node):
-        return docker.DockerClient(base_url="unix://%s/%s-%d.sock" % (RUN_DIR, self.name, node),
-                                   timeout=30)
-
-    def script(self, *args, timeout=60):
-        return subprocess.run(["bash", SCRIPT] + list(args), capture_output=True, text=True,
-                              timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cluster(default_image):
-    if os.geteuid() != 0:
-        missing("a test cluster needs root (network namespaces, dockerd)")
-    found = Cluster("sw%s" % uuid.uuid4().hex[:6])
-    done = found.script("start", found.name, "3", "--runsc-node", str(RUNSC_NODE),
-                        timeout=START_TIMEOUT)
-    if done.returncode != 0:
-        found.script("stop", found.name)
-        missing("could not start a Swarm test cluster: %s"
-                % (done.stderr.strip().splitlines() or ["no output"])[-1])
-    try:
-        yield found
-    finally:
-        stopped = found.script("stop", found.name, timeout=120)
-        assert stopped.returncode == 0, stopped.stderr
-
-
-def swarm_kernel(cluster, scope):
-    """A real kernel whose instances run on the cluster, set up as a notebook would be."""
-    kernel = Kernel(scope, env={"DOCKER_HOST": cluster.manager})
-    run_ok(kernel, '%%config DockerRun.backend = "swarm"\n'
-                   '%%config DockerRun.node_engine = %r\n'
-                   '%%config DockerRun.cpus = 0.25\n'
-                   '%%config DockerRun.memory = "256m"' % cluster.template)
-    return kernel
-
-
-class Notebook:
-    """The module's kernel; ``restart`` replaces it with a new one of the same notebook."""
-
-    def __init__(self, cluster):
-        self.cluster = cluster
-        self.scope = "pytest-swarm-%s" % uuid.uuid4().hex[:8]
-        self.kernel = swarm_kernel(cluster, self.scope)
-
-    def restart(self):
-        self.kernel.shutdown()
-        self.kernel = swarm_kernel(self.cluster, self.scope)
-
-    def nodes(self):
-        """Instance name -> the node it runs on, as `%dockerrun list` has it."""
-        out = run_ok(self.kernel, "import json\nfrom fiddledock_magic._extension import "
-                                  "manager_of\nprint(json.dumps({r.name: r.node for r in "
-                                  "manager_of(get_ipython()).statuses()}))")
-        return json.loads(out.strip().splitlines()[-1])
-
-    def on_node(self, node):
-        return sorted(n for n, where in self.nodes().items()
-                      if "(%s)" % Cluster.addr(node) in where)
-
-
-@pytest.fixture(scope="module")
-def notebook(cluster):
-    book = Notebook(cluster)
-    try:
-        yield book
-    finally:
-        book.kernel.execute("%dockerrun delete --all", timeout=120)
-        book.kernel.shutdown()
-
-
-def run_ok(kernel, code, timeout=120):
-    """stdout (and displays' text) of a cell that must succeed."""
-    reply, msgs = kernel.execute(code, timeout=timeout)
-    assert reply["status"] == "ok", (code[:80], reply.get("ename"), reply.get("evalue"),
-                                     stream_text(msgs, "stderr"))
-    shown = [m["content"]["data"].get("text/plain", "") for _, m in msgs
-             if m["msg_type"] == "display_data" and not is_notice(m)]
-    return stream_text(msgs) + "".join(shown)
-
-
-def shown_text(msgs):
-    """Everything a cell showed: stdout, stderr, notices and its error."""
-    errors = ["\n".join(m["content"]["traceback"]) for _, m in msgs if m["msg_type"] == "error"]
-    return (stream_text(msgs) + stream_text(msgs, "stderr") + notice_text(msgs)
-            + "\n".join(errors))
-
-
-def container_on(cluster, node, instance):
-    """The docker-py container of an instance on a node's engine."""
-    found = cluster.engine(node).containers.list(
-        filters={"label": "fiddledock.instance=%s" % instance})
-    assert len(found) == 1, "instance %s is not on node %d" % (instance, node)
-    return found[0]
+from swarm_cluster import (IMAGE, REGISTRY, REGISTRY_IMAGE, RUNSC_NODE, SPREAD, SUBNET,
+                           WORKER, Cluster, Running, cluster, container_on, instance_ip,
+                           notebook, run_ok, shown_text, swarm_kernel)  # noqa: F401 (fixtures)
 
 
 def test_node_lacking_the_image_gets_it_from_the_manager(cluster, notebook):
@@ -154,19 +36,70 @@ def test_node_lacking_the_image_gets_it_from_the_manager(cluster, notebook):
 
 
 def test_cell_streams_through_a_node_engine(notebook):
-    live = []
-    done = []
-    cell = ("%%dockerrun first\nimport time\nfor i in range(3):\n"
-            "    print('line', i, flush=True)\n    time.sleep(0.4)")
-    thread = threading.Thread(target=lambda: done.append(
-        notebook.kernel.execute(cell, collect=live)))
-    thread.start()
-    wait_for(printed(live, "line 0"), "the first line, while the cell runs")
-    assert "line 2" not in stream_text(list(live))  # streamed, not handed over at the end
-    thread.join(60)
-    reply, msgs = done[0]
+    cell = Running(notebook.kernel, "%%dockerrun first\nimport time\nfor i in range(3):\n"
+                   "    print('line', i, flush=True)\n    time.sleep(0.4)",
+                   "line 0", "the first line, while the cell runs")
+    assert "line 2" not in stream_text(list(cell.live))  # streamed, not handed over at the end
+    reply, msgs = cell.result()
     assert reply["status"] == "ok"
     assert stream_text(msgs) == "line 0\nline 1\nline 2\n"
+
+
+def image_ids(cluster, node):
+    return {image.id for image in cluster.engine(node).images.list()}
+
+
+def test_with_a_registry_the_node_pulls_the_image(cluster, notebook):
+    gvisor = cluster.engine(RUNSC_NODE)  # no instance there yet
+    image_id = cluster.engine(1).images.get(IMAGE).id
+    gvisor.images.remove(IMAGE)
+    assert image_id not in image_ids(cluster, RUNSC_NODE)
+    reply, msgs = notebook.kernel.execute(
+        "%%dockerrun create reg --runtime runsc --image %s" % REGISTRY_IMAGE, timeout=180)
+    text = shown_text(msgs)
+    assert reply["status"] == "ok", text
+    assert "is getting the image %s from the registry %s" % (REGISTRY_IMAGE, REGISTRY) in text
+    assert "copying" not in text  # the node pulled it; FiddleDock copied nothing
+    assert run_ok(notebook.kernel, "%%dockerrun reg\nprint('from the registry')") \
+        == "from the registry\n"
+    pulled = gvisor.images.get(image_id)
+    assert [d for d in pulled.attrs["RepoDigests"] if d.startswith(REGISTRY + "/")], pulled.attrs
+    run_ok(notebook.kernel, "%dockerrun delete reg")
+    # An image the registry does not have: said before anything is made.
+    reply, msgs = notebook.kernel.execute("%%dockerrun create nope --image %s/absent:1" % REGISTRY)
+    text = shown_text(msgs)
+    assert reply["status"] == "error" and "Traceback" not in text, text
+    assert "the registry %s does not give the image %s/absent:1" % (REGISTRY, REGISTRY) in text
+    assert "nope" not in notebook.nodes()
+
+
+def test_a_node_that_lost_the_image_gets_it_when_a_task_needs_it(cluster, notebook):
+    """The copy made when a task fails for want of the image: the pool's instances
+    (made with no copy first) and a node whose image went since FiddleDock looked."""
+    gvisor = cluster.engine(RUNSC_NODE)
+    image_id = cluster.engine(1).images.get(IMAGE).id
+    gvisor.images.remove(image_id, force=True)  # what the registry test left there
+    run_ok(notebook.kernel, '%config DockerRun.runtime = "runsc"')  # placed on that node
+    try:
+        assert run_ok(notebook.kernel, "from fiddledock_magic._extension import manager_of\n"
+                                       "pool = manager_of(get_ipython()).pool\n"
+                                       "pool.resize(1)\nprint(pool.wait(180))",
+                      timeout=240).strip() == "True"
+        assert image_id in image_ids(cluster, RUNSC_NODE)
+        assert run_ok(notebook.kernel, "%%dockerrun pooledg\nimport socket\n"
+                                       "print(socket.gethostname())").strip() == "sandbox"
+    finally:
+        run_ok(notebook.kernel, '%dockerrun pool 0\n%config DockerRun.runtime = "runc"')
+    run_ok(notebook.kernel, "%dockerrun delete pooledg")
+    gvisor.images.remove(image_id, force=True)  # gone behind FiddleDock's back
+    reply, msgs = notebook.kernel.execute("%dockerrun create lazy --runtime runsc", timeout=240)
+    text = shown_text(msgs)
+    assert reply["status"] == "ok", text
+    assert "lacks the image %s: copying it from the manager's engine" % IMAGE in text, text
+    assert "image %s copied" % IMAGE in text
+    assert run_ok(notebook.kernel, "%%dockerrun lazy\nprint('ran')") == "ran\n"
+    assert image_id in image_ids(cluster, RUNSC_NODE)
+    run_ok(notebook.kernel, "%dockerrun delete lazy")
 
 
 def test_instances_spread_over_nodes_and_list_shows_them(cluster, notebook):
@@ -180,6 +113,18 @@ def test_instances_spread_over_nodes_and_list_shows_them(cluster, notebook):
     listed = run_ok(notebook.kernel, "%dockerrun list")
     assert "node" in listed.splitlines()[0]
     assert nodes["s0"] in listed
+
+
+def test_the_panel_has_a_node_column_on_a_cluster(notebook):
+    shown = run_ok(notebook.kernel, "import html, json, re\np = %dockerrun panel\np.model.refresh()\n"
+                   "text = lambda w: html.unescape(re.sub(r'<[^>]+>', '', w.value))\n"
+                   "print(json.dumps([[text(c) for c in p.head.children[1:]],\n"
+                   "                  [text(c) for c in p.rows['s0'].cells],\n"
+                   "                  p.grid.layout.grid_template_columns.count('minmax')]))")
+    headings, cells, tracks = json.loads(shown.strip().splitlines()[-1])
+    assert headings[:4] == ["name", "image", "status", "node"], headings
+    assert cells[0] == "s0" and cells[3] == notebook.nodes()["s0"], cells
+    assert tracks == len(headings) - 1  # the grid has the column too (the menu's is auto)
 
 
 def test_hardening_holds_on_a_worker(cluster, notebook):
@@ -207,13 +152,6 @@ def test_hardening_holds_on_a_worker(cluster, notebook):
                     "try:\n    open('/etc/x', 'w')\nexcept OSError as e:\n    print(e.strerror)")
     assert inside.splitlines() == ["1000 1000 0000000000000000", "True True",
                                    "no default route", "Read-only file system"]
-
-
-def instance_ip(cluster, notebook, name):
-    """The address an instance has on its own overlay network."""
-    where = [n for n in (1, 2, 3) if "(%s)" % Cluster.addr(n) in notebook.nodes()[name]][0]
-    networks = container_on(cluster, where, name).attrs["NetworkSettings"]["Networks"]
-    return [net["IPAddress"] for net in networks.values() if net["IPAddress"]][0]
 
 
 def test_writable_folders_are_bounded_in_files_too(notebook):
@@ -352,6 +290,113 @@ def test_a_network_is_refused_on_the_cluster_and_nothing_is_made(cluster, notebo
     assert "netted" not in notebook.nodes()
 
 
+def on_worker(notebook):
+    """An instance of the spread test that runs on the worker node."""
+    names = [n for n in notebook.on_node(WORKER) if n.startswith("s")]
+    assert names, notebook.nodes()
+    return names[0]
+
+
+def test_interrupt_reaches_a_cell_on_a_worker(notebook):
+    name = on_worker(notebook)
+    cell = Running(notebook.kernel, "%%dockerrun " + name + "\nimport time\n"
+                   "print('looping', flush=True)\nwhile True:\n    time.sleep(0.01)",
+                   "looping", "the cell to start on the worker")
+    notebook.kernel.km.interrupt_kernel()
+    reply, msgs = cell.result(30)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", shown_text(msgs)
+    assert run_ok(notebook.kernel, "%%dockerrun " + name + "\nprint(me)") == name + "\n"
+
+
+def test_put_and_get_through_a_node_engine(notebook, tmp_path):
+    name = on_worker(notebook)
+    data = os.urandom(200_000)
+    (tmp_path / "in.bin").write_bytes(data)
+    out = run_ok(notebook.kernel, "%%dockerrun put %s %s:/home/sandbox/in.bin"
+                 % (tmp_path / "in.bin", name))
+    assert "copied" in out, out
+    seen = run_ok(notebook.kernel, "%%dockerrun " + name + "\nimport hashlib\n"
+                  "print(hashlib.sha256(open('in.bin', 'rb').read()).hexdigest())")
+    assert seen.strip() == hashlib.sha256(data).hexdigest()
+    run_ok(notebook.kernel, "%%dockerrun get %s:in.bin %s" % (name, tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == data
+
+
+def test_a_second_kernel_sees_the_instance_busy(cluster, notebook):
+    name = on_worker(notebook)
+    other = swarm_kernel(cluster, notebook.scope)
+    try:
+        cell = Running(notebook.kernel, "%%dockerrun " + name + "\nimport time\n"
+                       "print('a start', flush=True)\ntime.sleep(5)\nprint('a end')",
+                       "a start", "the first kernel's cell to start")
+        reply, msgs = other.execute("%%dockerrun " + name + "\nprint('b ran')")
+        text = shown_text(msgs)
+        assert reply["status"] == "error" and reply["ename"] == "InstanceBusy", text
+        assert "instance %r is busy: the kernel with pid %d" % (name, notebook.kernel.pid) \
+            in text, text
+        assert "b ran" not in text
+        row = [r for r in run_ok(other, "%dockerrun list").splitlines() if r.startswith(name)]
+        assert " busy " in row[0], row
+        reply, msgs = cell.result(30)
+        assert reply["status"] == "ok" and stream_text(msgs) == "a start\na end\n"
+        assert run_ok(other, "%%dockerrun " + name + "\nprint(me)") == name + "\n"
+    finally:
+        other.shutdown()
+
+
+def test_an_idle_instance_stops_itself_on_its_node(cluster, notebook):
+    run_ok(notebook.kernel, "%config DockerRun.idle_timeout = 3")
+    try:
+        run_ok(notebook.kernel, "%%dockerrun sleepy\nx = 1")
+    finally:
+        run_ok(notebook.kernel, "%config DockerRun.idle_timeout = 3600")
+
+    def stopped():
+        rows = run_ok(notebook.kernel, "%dockerrun list").splitlines()
+        return " stopped " in [r for r in rows if r.startswith("sleepy")][0]
+    wait_for(stopped, "the idle instance to stop itself", 30)
+    reply, msgs = notebook.kernel.execute("%%dockerrun sleepy\nprint('x' in globals())",
+                                          timeout=120)
+    assert reply["status"] == "ok", shown_text(msgs)
+    assert stream_text(msgs) == "False\n"
+    assert "previous state is lost" in notice_text(msgs)
+    run_ok(notebook.kernel, "%dockerrun delete sleepy")
+
+
+TLS_NOTEBOOK = r"""
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+for cell in ("%load_ext fiddledock_magic", '%config DockerRun.backend = "swarm"',
+             '%config DockerRun.node_engine = "tcp://{addr}:2376"',
+             '%config DockerRun.cpus = 0.25', '%config DockerRun.memory = "256m"',
+             "%%dockerrun overtls\nprint('ran over TLS')", "%dockerrun list",
+             "%dockerrun delete overtls"):
+    shell.run_cell(cell)
+"""
+
+
+def test_node_engines_over_tls_from_the_environment(cluster, tmp_path):
+    # Run where the nodes' addresses are reachable: in the manager's namespace.
+    env = dict(os.environ, DOCKER_HOST=cluster.manager, DOCKER_TLS_VERIFY="1",
+               DOCKER_CERT_PATH=cluster.client_certs, JPY_SESSION_NAME=str(tmp_path))
+    done = subprocess.run(["nsenter", "--net=/var/run/netns/%s-1" % cluster.name,
+                           sys.executable, "-c", TLS_NOTEBOOK], env=env, capture_output=True,
+                          text=True, timeout=180)
+    shown = done.stdout + done.stderr
+    assert "ran over TLS" in done.stdout and "Traceback" not in shown, shown[-2000:]
+    row = [r for r in done.stdout.splitlines() if r.startswith("overtls")]
+    assert row and "(%s." % SUBNET in row[0], done.stdout
+    # Without the client's certificate (TLS not set up): one line naming the node engine.
+    del env["DOCKER_TLS_VERIFY"], env["DOCKER_CERT_PATH"]
+    done = subprocess.run(["nsenter", "--net=/var/run/netns/%s-1" % cluster.name,
+                           sys.executable, "-c", TLS_NOTEBOOK], env=env, capture_output=True,
+                          text=True, timeout=180)
+    shown = done.stdout + done.stderr
+    assert "ran over TLS" not in shown and "Traceback" not in shown, shown[-2000:]
+    assert "the node engine tcp://%s." % SUBNET in shown, shown[-2000:]
+    assert "wants TLS: set DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH" in shown, shown[-2000:]
+
+
 def test_reattach_after_a_kernel_restart(notebook):
     run_ok(notebook.kernel, "%%dockerrun kept\nvalue = 'still here'")
     notebook.restart()
@@ -366,16 +411,12 @@ def test_a_node_that_dies(cluster, notebook):
     survivors = [n for n in notebook.on_node(1) if n.startswith("s")]
     assert doomed and survivors, notebook.nodes()
     victim = doomed[0]
-    live, done = [], []
-    cell = "%%dockerrun " + victim + "\nimport time\nprint('working', flush=True)\ntime.sleep(60)"
-    thread = threading.Thread(target=lambda: done.append(
-        notebook.kernel.execute(cell, collect=live, timeout=120)))
-    thread.start()
-    wait_for(printed(live, "working"), "the cell to start on the worker")
+    cell = Running(notebook.kernel, "%%dockerrun " + victim + "\nimport time\n"
+                   "print('working', flush=True)\ntime.sleep(60)",
+                   "working", "the cell to start on the worker")
     killed = cluster.script("kill-node", cluster.name, str(WORKER))
     assert killed.returncode == 0, killed.stderr
-    thread.join(90)
-    reply, msgs = done[0]
+    reply, msgs = cell.result(90)
     assert reply["status"] == "error"
     text = shown_text(msgs)
     assert "instance %r: the node running it, " % victim in text and "is gone" in text, text
