@@ -10,10 +10,7 @@ figures). Nothing here imports a third-party library: pandas DataFrames are
 tables because they have ``_repr_html_``.
 """
 
-import base64
-import inspect
 import json
-import pprint
 import reprlib
 
 # method name -> MIME type, in IPython's order of preference.
@@ -54,6 +51,7 @@ def plain(obj):
     try:
         if type(obj) in PRETTY_TYPES or (isinstance(obj, PRETTY_TYPES)
                                          and type(obj).__repr__ in _BUILTIN_REPRS):
+            import pprint  # here: it costs the worker ~1 MiB, and most cells show no value
             return pprint.pformat(obj, width=79, sort_dicts=False)
         return repr(obj)
     except Exception as exc:  # a broken __repr__ must not break the cell
@@ -74,6 +72,7 @@ def normalise(mime, value):
     """
     if mime in BINARY_TYPES:
         if isinstance(value, str):  # base64 text, as IPython's own objects give
+            import base64
             return base64.b64decode("".join(value.split()), validate=True)
         return bytes(value)
     if is_json_type(mime):
@@ -138,7 +137,7 @@ def bundle(obj, raw=False, include=None, exclude=None, on_error=None):
                 _report(on_error, value, "display(raw=True) data for %s" % mime, exc)
         return data, metadata
     # A class is shown by its repr, never by calling its unbound repr methods.
-    is_class = inspect.isclass(obj)
+    is_class = isinstance(obj, type)
     if not is_class and callable(getattr(type(obj), "_repr_mimebundle_", None)):
         try:
             try:

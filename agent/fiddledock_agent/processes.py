@@ -7,6 +7,7 @@ functions below sweep what a cell left behind: every other process of the
 cell's user, killed until none is left, and zombies reaped.
 """
 
+import gc
 import os
 import signal
 import socket
@@ -29,6 +30,7 @@ class WorkerProcess:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self.oom_before = probes.oom_kill_count()
+        gc.freeze()
         try:
             pid = os.fork()
         except OSError:
