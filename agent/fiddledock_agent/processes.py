@@ -7,12 +7,12 @@ functions below sweep what a cell left behind: every other process of the
 cell's user, killed until none is left, and zombies reaped.
 """
 
+import _thread
 import gc
 import os
 import signal
 import socket
 import sys
-import threading
 import time
 
 from fiddledock_agent import interrupts
@@ -149,7 +149,7 @@ def _become_worker(sock, stdout_fd, stderr_fd, identity=(None, None)):
             except OSError:
                 pass
     _become(*identity)
-    interrupts.Guard.pid, interrupts.Guard.main = os.getpid(), threading.get_ident()
+    interrupts.Guard.pid, interrupts.Guard.main = os.getpid(), _thread.get_ident()
     interrupts.Guard.sock = sock
     worker = worker_mod.Worker(interrupts.GuardedChannel(sock))
     interrupts.Guard.worker = worker
