@@ -103,11 +103,11 @@ def _before_fork():
     a page once while neither process writes to it.
 
     Cyclic garbage is collected, then every object is moved out of the garbage
-    collector's reach (``gc.freeze``): a collection in either process would
-    otherwise write to each object it shares with the other, copying nearly
-    every page. Free memory goes back to the kernel (``malloc_trim``, with
-    ctypes when the seccomp filter loaded it; glibc only): compiling the
-    agent's sources left about 1 MiB of free heap.
+    collector's reach (``gc.freeze``): a full collection in either process
+    would write to each object it shares with the other and copy its page.
+    Free memory goes back to the kernel (``malloc_trim``, through ctypes when
+    the seccomp filter loaded it; glibc only): compiling the agent's sources
+    left about 1 MiB of free heap. A few ms at the first fork, less after.
     """
     gc.collect()
     gc.freeze()

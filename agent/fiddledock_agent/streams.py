@@ -7,8 +7,9 @@ notebook). Output of child processes and C code does not pass here: fds 1
 and 2 are pipes the supervisor reads.
 
 Locks and the flush thread come from ``_thread``: with ``threading``
-imported before the worker's fork, the fork alone copied about 0.5 MiB
-the worker and the supervisor had shared (a cell that imports it still can).
+imported before the worker's fork, each instance held about 0.3 MiB more
+(pages the fork copied that the worker and the supervisor had shared); a
+cell may of course import it.
 """
 
 import _thread
