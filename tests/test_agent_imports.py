@@ -2,12 +2,16 @@
 
 An idle instance keeps its worker, so the worker leaves linecache, traceback,
 pprint, uuid, getpass and threading for the first cell that uses them (see
-worker.py and streams.py). Pretty printing, display handles, getpass and
-tracebacks of a first failing cell are checked in test_rich.py and
-test_cells.py; these are the rest.
+worker.py and streams.py), and shows a container that fits a line as its
+repr without importing pprint. Display handles, getpass and tracebacks of a
+first failing cell are checked in test_rich.py and test_cells.py; these are
+the rest.
 """
 
+import pprint
 import threading
+
+import pytest
 
 from conftest import printed, stream_text, wait_for
 
@@ -38,3 +42,16 @@ def test_a_partial_line_shows_while_the_cell_still_runs(kernel, unique_name):
     finally:
         cell.join(90)
     assert stream_text(live) == "Working... done\n"
+
+
+@pytest.mark.parametrize("expression", [
+    "{'a': 1, 'b': [1, 2], 'c': (3,)}", "[{'x': \"it's\"}, {1}, frozenset(), ()]",
+    "{'key%d' % i: list(range(5)) for i in range(6)}", "list(range(40))"])
+def test_container_values_show_as_pprint_shows_them(run, unique_name, expression):
+    value, _, _ = run(expression, unique_name)
+    assert repr(value) == pprint.pformat(eval(expression), width=79, sort_dicts=False)
+
+
+def test_a_list_that_holds_itself_shows_the_recursion(run, unique_name):
+    value, _, _ = run("x = [1]\nx.append(x)\nx", unique_name)
+    assert repr(value).startswith("[1, <Recursion on list with id=")

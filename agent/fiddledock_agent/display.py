@@ -29,6 +29,7 @@ BINARY_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "applicati
 # Built-in containers are pretty-printed like IPython's text/plain (one item
 # per line when long); anything else shows its own repr.
 PRETTY_TYPES = (dict, list, tuple, set, frozenset)
+PRETTY_WIDTH = 79
 FORMATTERS = []  # callables obj -> {mime: value} or None; see register_formatter
 
 _short_repr = reprlib.Repr()
@@ -51,8 +52,12 @@ def plain(obj):
     try:
         if type(obj) in PRETTY_TYPES or (isinstance(obj, PRETTY_TYPES)
                                          and type(obj).__repr__ in _BUILTIN_REPRS):
-            import pprint  # here: it costs the worker ~1 MiB, and most cells show no value
-            return pprint.pformat(obj, width=79, sort_dicts=False)
+            text = repr(obj)
+            if len(text) <= PRETTY_WIDTH and "..." not in text:
+                return text  # what pprint gives for one that fits a line (and no recursion)
+            # Imported here: pprint (with dataclasses and inspect) costs an idle worker ~2 MiB.
+            import pprint
+            return pprint.pformat(obj, width=PRETTY_WIDTH, sort_dicts=False)
         return repr(obj)
     except Exception as exc:  # a broken __repr__ must not break the cell
         return "<%s object (repr failed: %s)>" % (type(obj).__name__, short(exc))
