@@ -108,19 +108,25 @@ def _boot():
         for fd in fds:
             os.close(fd)
         conn.close()
-    header, payload = boot
+    header = boot[0]
+    _load(header["modules"], boot[1])
+    del boot  # the sources: nothing needs them once loaded
+    sys.modules["fiddledock_agent.supervisor"].main(header, listener, (conn,) + fds, take_client)
+
+
+def _load(names, payload):
+    """The agent's modules from the boot frame's payload (their sources as JSON)."""
     sources = json.loads(payload.decode("utf-8"))
     package = types.ModuleType("fiddledock_agent")
     package.__path__ = []
     sys.modules["fiddledock_agent"] = package
-    for name in header["modules"]:
+    for name in names:
         full = "fiddledock_agent." + name
         module = types.ModuleType(full)
         module.__file__ = "<fiddledock_agent/%s.py>" % name
         sys.modules[full] = module
         setattr(package, name, module)
         exec(compile(sources[name], module.__file__, "exec"), module.__dict__)
-    sys.modules["fiddledock_agent.supervisor"].main(header, listener, (conn,) + fds, take_client)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,7 @@ figures). Nothing here imports a third-party library: pandas DataFrames are
 tables because they have ``_repr_html_``.
 """
 
-import base64
-import inspect
 import json
-import pprint
 import reprlib
 
 # method name -> MIME type, in IPython's order of preference.
@@ -32,6 +29,7 @@ BINARY_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "applicati
 # Built-in containers are pretty-printed like IPython's text/plain (one item
 # per line when long); anything else shows its own repr.
 PRETTY_TYPES = (dict, list, tuple, set, frozenset)
+PRETTY_WIDTH = 79
 FORMATTERS = []  # callables obj -> {mime: value} or None; see register_formatter
 
 _short_repr = reprlib.Repr()
@@ -54,7 +52,12 @@ def plain(obj):
     try:
         if type(obj) in PRETTY_TYPES or (isinstance(obj, PRETTY_TYPES)
                                          and type(obj).__repr__ in _BUILTIN_REPRS):
-            return pprint.pformat(obj, width=79, sort_dicts=False)
+            text = repr(obj)
+            if len(text) <= PRETTY_WIDTH and "..." not in text:
+                return text  # what pprint gives for one that fits a line (and no recursion)
+            # Imported here: pprint (with dataclasses and inspect) costs an idle worker ~2 MiB.
+            import pprint
+            return pprint.pformat(obj, width=PRETTY_WIDTH, sort_dicts=False)
         return repr(obj)
     except Exception as exc:  # a broken __repr__ must not break the cell
         return "<%s object (repr failed: %s)>" % (type(obj).__name__, short(exc))
@@ -74,6 +77,7 @@ def normalise(mime, value):
     """
     if mime in BINARY_TYPES:
         if isinstance(value, str):  # base64 text, as IPython's own objects give
+            import base64
             return base64.b64decode("".join(value.split()), validate=True)
         return bytes(value)
     if is_json_type(mime):
@@ -138,7 +142,7 @@ def bundle(obj, raw=False, include=None, exclude=None, on_error=None):
                 _report(on_error, value, "display(raw=True) data for %s" % mime, exc)
         return data, metadata
     # A class is shown by its repr, never by calling its unbound repr methods.
-    is_class = inspect.isclass(obj)
+    is_class = isinstance(obj, type)
     if not is_class and callable(getattr(type(obj), "_repr_mimebundle_", None)):
         try:
             try:

@@ -9,14 +9,17 @@ module; after the module has executed, the callbacks run.
 
 ``provide`` serves a module from a factory when no other finder can find
 it (the small ``IPython.display`` stand-in of ``shim``).
+
+The finder and loaders are plain classes: the import system only calls
+their methods, and ``importlib.abc`` would cost the worker ~2 MiB (it
+imports ``importlib.resources``, ``pathlib``, ``tempfile``, ...).
 """
 
-import importlib.abc
 import importlib.machinery
 import sys
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:
     """The real loader, then the callbacks."""
 
     def __init__(self, loader, callbacks):
@@ -43,7 +46,7 @@ class _Loader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _ShimLoader(importlib.abc.Loader):
+class _ShimLoader:
     def __init__(self, factory):
         self._factory = factory
 
@@ -54,7 +57,7 @@ class _ShimLoader(importlib.abc.Loader):
         self._factory(module)
 
 
-class ImportHooks(importlib.abc.MetaPathFinder):
+class ImportHooks:
     def __init__(self):
         self.after = {}  # module name -> [callback(module)]
         self.fallbacks = {}  # module name -> factory(module), used when nothing else finds it
@@ -70,6 +73,9 @@ class ImportHooks(importlib.abc.MetaPathFinder):
             callback(module)
             return
         self.after.setdefault(name, []).append(callback)
+
+    def invalidate_caches(self):
+        """What importlib.invalidate_caches() calls on every finder: nothing is cached here."""
 
     def provide(self, name, factory, package=False):
         """Serve ``name`` from factory(module) when it is not installed."""

@@ -8,12 +8,12 @@ has not started yet ends it as it starts. A process the cell forks is kept
 off the channel (its output goes to the pipes on fds 1 and 2).
 """
 
+import _thread
 import builtins
 import io
 import os
 import signal
 import sys
-import threading
 
 from fiddledock_agent import streams
 
@@ -78,7 +78,7 @@ class GuardedChannel(streams.Channel):
     def send(self, header, payload=b""):
         if os.getpid() != Guard.pid:
             return  # a forked child: the channel is the worker's alone
-        if threading.get_ident() != Guard.main:
+        if _thread.get_ident() != Guard.main:
             return super().send(header, payload)
         Guard.sending = True
         try:

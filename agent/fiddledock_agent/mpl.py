@@ -12,11 +12,12 @@ expression or in ``display()`` becomes a PNG through a registered formatter.
 
 import io
 import sys
-import weakref
 
 from fiddledock_agent import display as display_mod
 
-_shown = weakref.WeakSet()  # figures shown during the current cell
+# Figures shown during the current cell (a WeakSet made with the first one:
+# weakref is matplotlib's import, an idle worker does without it).
+_shown = None
 
 
 def _figure_type():
@@ -35,9 +36,13 @@ def png(fig):
 
 
 def _format_figure(obj):
+    global _shown
     figure = _figure_type()
     if figure is None or not isinstance(obj, figure):
         return None
+    if _shown is None:
+        import weakref
+        _shown = weakref.WeakSet()
     _shown.add(obj)
     data = png(obj)
     return {"image/png": data} if data else None
@@ -86,7 +91,7 @@ class Inline:
             return
         try:
             for fig in open_figures():
-                if not (skip_shown and fig in _shown):
+                if not (skip_shown and _shown is not None and fig in _shown):
                     self.worker.display(fig)
         finally:
             pyplot.close("all")
@@ -96,4 +101,5 @@ class Inline:
             if "matplotlib.pyplot" in sys.modules:
                 self.show_open(skip_shown=True)
         finally:
-            _shown.clear()
+            if _shown is not None:
+                _shown.clear()

@@ -9,10 +9,8 @@ used and its ``display`` functions are pointed at the worker instead (an
 IPython without a running shell would only print reprs).
 """
 
-import base64
 import json
 import os
-import uuid
 
 _worker = None  # set by install()
 
@@ -37,7 +35,10 @@ class DisplayHandle:
     """What ``display(obj, display_id=True)`` returns: update it later."""
 
     def __init__(self, display_id=None):
-        self.display_id = display_id or uuid.uuid4().hex
+        if not display_id:
+            import uuid
+            display_id = uuid.uuid4().hex
+        self.display_id = display_id
 
     def __repr__(self):
         return "<DisplayHandle display_id=%s>" % self.display_id
@@ -184,6 +185,7 @@ class Image(DisplayObject):
         mime = _IMAGE_TYPES.get(self.format, "image/" + self.format)
         data = self.data if isinstance(self.data, bytes) else bytes(self.data)
         meta = self._size_meta()
+        import base64
         return ({mime: base64.b64encode(data).decode("ascii")},
                 {mime: meta} if meta else {})
 

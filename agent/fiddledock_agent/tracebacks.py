@@ -5,9 +5,6 @@ editor's line numbers with a few lines around the failing one; frames of the
 agent itself are left out.
 """
 
-import linecache
-import traceback
-
 # "<cell 3>" -> (the name the notebook shows for that cell, e.g. "In[5]", and
 # the editor's line number of the cell's first line): tracebacks point there.
 CELL_LABELS = {}
@@ -26,6 +23,7 @@ def cell_label(header, filename):
 
 def _frame(filename, lineno, name):
     """One traceback frame as the notebook renders it: a cell's with editor lines around it."""
+    import linecache  # the worker imports these only once a cell fails
     if filename in CELL_LABELS and isinstance(lineno, int):
         label, first = CELL_LABELS[filename]
         lines = []
@@ -48,6 +46,7 @@ def _frames(exc, stack):
 
 def format_error(exc, filename):
     """ename, evalue, traceback lines and frames, without the agent's own frames."""
+    import traceback
     tb = exc.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell "):
         tb = tb.tb_next

@@ -7,15 +7,17 @@ to the supervisor over a socket with the frames of ``protocol``
 reads, which is how output of child processes and C code is captured; Python
 level writes go over the socket instead, tagged, so stdout and stderr keep
 their order.
+
+Every instance keeps a worker while it is idle, so what only some cells
+need (``pprint``, ``traceback``, ``tokenize``, ``getpass``, ...) is imported
+when a cell first needs it; ``_ast`` gives the parser's node types without
+the ``ast`` module.
 """
 
-import ast
+import _ast
 import builtins
-import linecache
 import os
 import sys
-import tokenize
-import uuid
 
 from fiddledock_agent import display as display_mod
 from fiddledock_agent import hints, usersite
@@ -28,6 +30,7 @@ from fiddledock_agent.interrupts import Guard
 from fiddledock_agent.streams import Flusher, OutputStream, StdinReader
 
 RESERVED = protocol.METADATA_KEY
+CELL_LINES = {}  # "<cell N>" -> its linecache entry
 # One output must fit a frame's payload.
 MAX_BUNDLE = protocol.MAX_PAYLOAD
 
@@ -51,21 +54,21 @@ class Worker:
         sys.stdin = StdinReader(self.ask)
         builtins.input = lambda prompt="": self.ask(prompt, False)
         builtins.display = self.display
-        try:
-            import getpass
-            getpass.getpass = lambda prompt="Password: ", stream=None: self.ask(prompt, True)
-        except ImportError:
-            pass
         # What ipykernel sets for a local cell, so tools colour their output
         # and never wait on a pager; --env values win.
         for key, value in (("TERM", "xterm-color"), ("CLICOLOR", "1"), ("FORCE_COLOR", "1"),
                            ("CLICOLOR_FORCE", "1"), ("PAGER", "cat"), ("GIT_PAGER", "cat")):
             os.environ.setdefault(key, value)
         hooks_mod.HOOKS.install()
+        hooks_mod.HOOKS.after_import("getpass", self._patch_getpass)
+        hooks_mod.HOOKS.after_import("linecache", lambda module: module.cache.update(CELL_LINES))
         shim_mod.install(self, hooks_mod.HOOKS)
         inline = mpl_mod.Inline(self)
         inline.install(hooks_mod.HOOKS)
         self.post_cell_hooks.append(inline.after_cell)
+
+    def _patch_getpass(self, getpass):
+        getpass.getpass = lambda prompt="Password: ", stream=None: self.ask(prompt, True)
 
     def flush(self):
         self.stdout.flush()
@@ -102,6 +105,7 @@ class Worker:
         if transient and not display_id:
             display_id = transient.get("display_id")
         if display_id is True:
+            import uuid
             display_id = uuid.uuid4().hex
         if clear:
             self.clear_output(wait=True)
@@ -128,14 +132,14 @@ class Worker:
     def run_cell(self, source, filename):
         """Run source; the ``done`` header to send."""
         lines = source.splitlines(True)
-        linecache.cache[filename] = (len(source), None, lines, filename)
+        remember_lines(filename, source, lines)
         usersite.refresh()  # packages installed since the last cell
         try:
-            tree = ast.parse(source, filename, "exec")
+            tree = compile(source, filename, "exec", _ast.PyCF_ONLY_AST)  # ast.parse
             last = None
-            if (tree.body and isinstance(tree.body[-1], ast.Expr)
+            if (tree.body and isinstance(tree.body[-1], _ast.Expr)
                     and not _ends_with_semicolon(lines[tree.body[-1].lineno - 1:])):
-                last = ast.Expression(tree.body.pop().value)
+                last = _ast.Expression(tree.body.pop().value)
             code = compile(tree, filename, "exec")
             Guard.starting = False
             if Guard.early:
@@ -235,8 +239,20 @@ class Worker:
                 continue
 
 
+def remember_lines(filename, source, lines):
+    """A cell's lines for tracebacks and warnings, in linecache once something imports it."""
+    entry = (len(source), None, lines, filename)
+    CELL_LINES[filename] = entry
+    linecache = sys.modules.get("linecache")
+    if linecache is not None:
+        linecache.cache[filename] = entry
+
+
 def _ends_with_semicolon(lines):
     """Whether the last statement (its lines) ends with ';': IPython then shows no Out[n]."""
+    if not any(";" in line for line in lines):
+        return False
+    import tokenize
     last = None
     try:
         for tok in tokenize.generate_tokens(iter(lines).__next__):
