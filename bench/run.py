@@ -708,6 +708,7 @@ class Bench:
         self.kernel.execute("%%config DockerRun.scope = %r" % self.scope)
         sections = [self.section_warm, self.section_first, self.section_first_output,
                     self.section_throughput, self.section_scale, self.section_gvisor]
+        sections.append(__import__("crowd").section(self))  # bench/crowd.py: --only crowd
         only = set(self.args.only or [])
         for section in sections:
             if only and section.__name__.replace("section_", "") not in only:
