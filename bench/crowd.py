@@ -136,7 +136,8 @@ class Crowd:
         b = self.bench
         rounds = 2 if b.args.quick else 4
         per = max(100, self.count)  # cells per round, each way
-        one, many = [], []
+        one, many, floor_one, floor_many = [], [], [], []
+        conns = [b.manager.instances[n].connection for n in self.names]
         log("crowd: warm cells, %d rounds of %d in one instance and round robin across %d"
             % (rounds, per, self.count))
         for _ in range(rounds):
@@ -144,6 +145,10 @@ class Crowd:
                 one.append(b.cell(self.names[0], "print('hi')", expect="hi\n")[0])
             for i in range(per):
                 many.append(b.cell(self.names[i % self.count], "print('hi')", expect="hi\n")[0])
+            # where a difference comes from: the channel and agent alone, no cell
+            for i in range(per):
+                floor_one.append(b.hello_round_trip(conns[0]))
+                floor_many.append(b.hello_round_trip(conns[i % self.count]))
         a = b.record("crowd_warm_one", "warm cell in 1 instance (crowd rounds)", one)
         z = b.record("crowd_warm_round_robin", "warm cell round robin across %d instances"
                      % self.count, many)
@@ -154,6 +159,14 @@ class Crowd:
         self.rows.append(("warm p95 round robin across %d (ms)" % self.count,
                           "%.2f" % z["p95_ms"], "%.2f" % a["p95_ms"],
                           "%.2fx" % (z["p95_ms"] / a["p95_ms"])))
+        self.rows.append(("warm p50 round robin across %d (ms)" % self.count,
+                          "%.2f" % z["p50_ms"], "%.2f" % a["p50_ms"],
+                          "%.2fx" % (z["p50_ms"] / a["p50_ms"])))
+        f1 = b.record("crowd_hello_one", "floor: agent hello round trip, 1 instance", floor_one)
+        fn = b.record("crowd_hello_round_robin", "floor: agent hello round trip, round robin "
+                      "across %d" % self.count, floor_many)
+        self.rows.append(("agent hello p50 round robin / 1 (ms)", "%.2f" % fn["p50_ms"],
+                          "%.2f" % f1["p50_ms"], "%.2fx" % (fn["p50_ms"] / f1["p50_ms"])))
 
     # --- %dockerrun list ---------------------------------------------------------------
     def check_list(self, text):

@@ -185,8 +185,9 @@ class DockerBackend(Backend):
         """The docker-py client (made on first use); for this module only."""
         if self._client is None:
             try:
-                # Room for `list` to sample many containers side by side. The
-                # timeout covers the version check made while connecting.
+                # Room for calls made side by side (a cell on many instances,
+                # a backend's default inspect_many). The timeout covers the
+                # version check made while connecting.
                 client = docker.from_env(max_pool_size=MAX_CONNECTIONS, timeout=QUICK_TIMEOUT)
             except docker.errors.DockerException as exc:
                 raise _engine_error(exc, QUICK_TIMEOUT) from None
@@ -329,7 +330,7 @@ class DockerBackend(Backend):
         if self._raw_socket_kind() is None:
             return None
         prefix = "/v%s" % self._api._version
-        answers = get_many(lambda: self._raw_socket(), [prefix + p for p in paths], within,
+        answers = get_many(self._raw_socket, [prefix + p for p in paths], within,
                            lambda exc: _engine_error(exc, within, self.address))
         return {path: answers[prefix + path] for path in paths}
 
