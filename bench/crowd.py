@@ -19,7 +19,9 @@ Side by side, in one run:
 - warm cell p50/p95 with the panel open (a real ``PanelModel`` and its
   ipywidgets view with N rows, live refresh at its default period) against
   no panel view at all (interleaved blocks of the same length; in process the
-  widgets' comms send nothing, so this counts the kernel's work up to the send).
+  widgets' comms send nothing, so this counts the kernel's work up to the send);
+  then the same through a real ipykernel of the same scope (the same N rows),
+  whose widget messages really go out on iopub.
 
 Every instance is created with `%dockerrun create a b c ...` (in parallel),
 runs a cell that prints its own name (checked), and is removed at the end,
@@ -97,6 +99,8 @@ class Crowd:
         self.round_robin()
         self.list_time()
         self.panel()
+        if self.bench.kernel is not None:
+            self.kernel_panel()
         self.bench.notes.append("crowd:\n" + table(self.rows, ("measurement", "value",
                                                                "baseline", "ratio")))
         log("crowd summary:\n" + table(self.rows, ("measurement", "value", "baseline", "ratio")))
@@ -287,6 +291,48 @@ class Crowd:
         self.rows.append(("warm p95 panel open / none (ms)", "%.2f" % z["p95_ms"],
                           "%.2f" % a["p95_ms"], "%.2fx" % (z["p95_ms"] / a["p95_ms"])))
 
+    def kernel_panel(self):
+        """The same through a real ipykernel (same scope, so the same N rows): the
+        widgets' comm messages really go out on iopub (drained by the client)."""
+        b = self.bench
+        k = b.kernel
+        name = self.names[0]
+        cell = "%%%%dockerrun %s\nprint('hi')" % name
+        k.execute(cell)  # the kernel's own channel to the instance
+        off, on = [], []
+        log("crowd: the same through a real ipykernel, %d blocks of %g s each"
+            % (PANEL_BLOCKS, PANEL_BLOCK))
+        for _ in range(PANEL_BLOCKS):
+            self.kernel_cells_for(cell, PANEL_BLOCK, off)
+            k.execute("_crowd_panel = %dockerrun panel\n_crowd_panel.model.refresh()\n"
+                      "_crowd_panel._view_count = 1")
+            self.kernel_cells_for(cell, PANEL_BLOCK, on)
+            _, shown = k.execute("print(len(_crowd_panel.rows), "
+                                 "len(_crowd_panel.model.statuses))\n"
+                                 "_crowd_panel.close(); _crowd_panel.model.wait()")
+            if shown.split() != [str(self.count)] * 2:
+                raise BenchError("the kernel's panel showed %r rows, not %d"
+                                 % (shown, self.count))
+        a = b.record("crowd_kernel_panel_closed", "ipykernel: warm cell, no panel", off)
+        z = b.record("crowd_kernel_panel_open", "ipykernel: warm cell, panel open with %d rows"
+                     % self.count, on)
+        b.target("ipykernel: warm cell with the panel open (%d rows) <= 1.2x without"
+                 % self.count, z["p95_ms"] / a["p95_ms"], 1.2, "max",
+                 "p95 %.2f vs %.2f ms, p50 %.2f vs %.2f ms"
+                 % (z["p95_ms"], a["p95_ms"], z["p50_ms"], a["p50_ms"]))
+        self.rows.append(("ipykernel: warm p50 panel open / none (ms)", "%.2f" % z["p50_ms"],
+                          "%.2f" % a["p50_ms"], "%.2fx" % (z["p50_ms"] / a["p50_ms"])))
+        self.rows.append(("ipykernel: warm p95 panel open / none (ms)", "%.2f" % z["p95_ms"],
+                          "%.2f" % a["p95_ms"], "%.2fx" % (z["p95_ms"] / a["p95_ms"])))
+
+    def kernel_cells_for(self, cell, seconds, into):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            elapsed, out = self.bench.kernel.execute(cell)
+            if out != "hi\n":
+                raise BenchError("the kernel's cell printed %r" % out[:200])
+            into.append(elapsed)
+
     def cells_for(self, name, seconds, into):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -320,7 +366,10 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         bench.start_shell()
-        log("scope %s" % bench.scope)
+        log("scope %s; starting a local ipykernel" % bench.scope)
+        bench.kernel = run.Kernel({"JPY_SESSION_NAME": bench.scope})
+        bench.kernel.execute("%load_ext fiddledock_magic")
+        bench.kernel.execute("%%config DockerRun.scope = %r" % bench.scope)
         Crowd(bench, args.instances).section_crowd()
     finally:
         bench.cleanup()
