@@ -144,11 +144,16 @@ class Crowd:
         conns = [b.manager.instances[n].connection for n in self.names]
         log("crowd: warm cells, %d rounds of %d in one instance and round robin across %d"
             % (rounds, per, self.count))
+        cpu_one, cpu_many = [], []  # the kernel's own CPU time per cell (its main thread)
         for _ in range(rounds):
             for _ in range(per):
+                c0 = time.thread_time()
                 one.append(b.cell(self.names[0], "print('hi')", expect="hi\n")[0])
+                cpu_one.append(time.thread_time() - c0)
             for i in range(per):
+                c0 = time.thread_time()
                 many.append(b.cell(self.names[i % self.count], "print('hi')", expect="hi\n")[0])
+                cpu_many.append(time.thread_time() - c0)
             # where a difference comes from: the channel and agent alone, no cell
             for i in range(per):
                 floor_one.append(b.hello_round_trip(conns[0]))
@@ -166,6 +171,9 @@ class Crowd:
         self.rows.append(("warm p50 round robin across %d (ms)" % self.count,
                           "%.2f" % z["p50_ms"], "%.2f" % a["p50_ms"],
                           "%.2fx" % (z["p50_ms"] / a["p50_ms"])))
+        self.rows.append(("kernel CPU per warm cell p50, round robin / 1 (ms)",
+                          "%.3f" % (pct(cpu_many, 50) * 1e3), "%.3f" % (pct(cpu_one, 50) * 1e3),
+                          "%.2fx" % (pct(cpu_many, 50) / pct(cpu_one, 50))))
         f1 = b.record("crowd_hello_one", "floor: agent hello round trip, 1 instance", floor_one)
         fn = b.record("crowd_hello_round_robin", "floor: agent hello round trip, round robin "
                       "across %d" % self.count, floor_many)
