@@ -16,6 +16,7 @@ import pytest
 
 from conftest import wait_for
 
+from fiddledock_magic._docker_fanout import parse_answer
 from fiddledock_magic._extension import OPEN_FILES, manager_of, raise_open_files_limit
 from fiddledock_magic._spec import container_name
 
@@ -115,3 +116,15 @@ def test_loading_raises_a_low_open_files_limit():
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (wanted, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_engine_answers_are_read_whole_or_refused():
+    # the engine's answers as they come over the socket (chunked, or with a length)
+    chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\n\r\n")
+    assert parse_answer(chunked) == (200, {"a": 1})
+    sized = b"HTTP/1.1 404 Not Found\r\nContent-Length: 20\r\n\r\n{\"message\": \"gone\"}\n"
+    assert parse_answer(sized) == (404, {"message": "gone"})
+    for cut in (chunked[:-12], chunked[:30]):
+        with pytest.raises(ValueError):
+            parse_answer(cut)
