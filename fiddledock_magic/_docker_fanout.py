@@ -16,6 +16,8 @@ import selectors
 import socket
 import time
 
+from ._pacing import give_way
+
 MAX_IN_FLIGHT = 256  # sockets open at once: far below any sane descriptor limit
 MAX_ANSWER = 8 << 20  # bytes of one answer (a stats sample is a few KB, an inspect tens)
 READ_SIZE = 65536
@@ -110,6 +112,7 @@ def get_many(connect, paths, within, failure):
                     results[path] = parse_answer(data)
                 except (ValueError, IndexError) as exc:
                     results[path] = failure(exc)
+                give_way()  # the panel's refresh: a cell waiting for the GIL goes first
         for path in pending:
             results[path] = failure(socket.timeout("timed out"))
     finally:

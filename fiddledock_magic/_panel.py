@@ -17,6 +17,7 @@ import ipywidgets as widgets
 
 from ._errors import short_error
 from ._panel_batch import cells_ended, counted, listed
+from ._pacing import give_way
 from ._panel_model import FIELDS, model_for
 from ._panel_rows import (SPAN, InstanceRow, beside_cells, button, esc, header, spinning,
                           table, tick)
@@ -239,6 +240,7 @@ class InstancePanel(widgets.VBox):
             if self._drawn.get(row.name) != key:
                 r.show(*args)
                 self._drawn[row.name] = key
+                give_way()  # drawn from the refresh thread: a cell waiting goes first
             drawn.append(r)
         return drawn
 
