@@ -16,8 +16,8 @@ import datetime
 import ipywidgets as widgets
 
 from ._errors import short_error
-from ._panel_batch import cells_ended, counted, listed
 from ._pacing import give_way
+from ._panel_batch import cells_ended, counted, listed
 from ._panel_model import FIELDS, model_for
 from ._panel_rows import (SPAN, InstanceRow, beside_cells, button, esc, header, spinning,
                           table, tick)
