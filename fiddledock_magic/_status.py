@@ -84,10 +84,10 @@ def statuses(backend, named, instances, default_instance=None):
     if probed:
         with concurrent.futures.ThreadPoolExecutor(min(PROBE_THREADS, len(probed))) as pool:
             asked = {name: pool.submit(inst.probe) for name, inst in probed}
-            usages = backend.stats_many([info.id for _, info in running])
+            usages = _samples(backend, [info.id for _, info in running])
             answers = {name: future.result() for name, future in asked.items()}
     else:
-        usages = backend.stats_many([info.id for _, info in running]) if running else {}
+        usages = _samples(backend, [info.id for _, info in running]) if running else {}
     rows = []
     for name, container in named:
         info = infos.get(container.id)
@@ -95,6 +95,17 @@ def statuses(backend, named, instances, default_instance=None):
             rows.append(_row(name, info, usages.get(info.id), answers.get(name),
                              name == default_instance))
     return sorted(rows, key=lambda r: r.name)
+
+
+def _samples(backend, container_ids):
+    """``Backend.stats_many``, asked once more for the containers it gave an empty
+    sample of: the engine sends one when reading a container's figures failed
+    this time (under load, say), not only when it is stopping."""
+    usages = backend.stats_many(container_ids)
+    empty = [cid for cid in container_ids if getattr(usages.get(cid), "memory_used", 0) is None]
+    if empty:
+        usages.update(backend.stats_many(empty))
+    return usages
 
 
 def _row(name, info, usage, answer, is_default):
@@ -122,6 +133,8 @@ def _row(name, info, usage, answer, is_default):
     elif usage is not None:
         row.memory_used = usage.memory_used
         row.cpu_percent = usage.cpu_percent
+        if usage.memory_used is None:
+            row.note = "no stats: the engine gave no figures for it this time"
     if answer is None:
         row.status = "not connected"
         if not row.note:

@@ -15,10 +15,14 @@ import socket
 import pytest
 
 from conftest import wait_for
+from fake_backend import FakeBackend
 
+from fiddledock_magic._backend import Usage
+from fiddledock_magic._config import DockerRun
 from fiddledock_magic._docker_fanout import parse_answer
 from fiddledock_magic._extension import OPEN_FILES, manager_of, raise_open_files_limit
-from fiddledock_magic._spec import container_name
+from fiddledock_magic._manager import InstanceManager
+from fiddledock_magic._spec import container_name, scope_id
 
 NAMES = ["class%02d" % i for i in range(12)]
 
@@ -128,3 +132,29 @@ def test_engine_answers_are_read_whole_or_refused():
     for cut in (chunked[:-12], chunked[:30]):
         with pytest.raises(ValueError):
             parse_answer(cut)
+
+
+def test_an_empty_sample_from_the_engine_is_asked_for_once_more():
+    # The engine sends a sample with no figures when reading a container failed this
+    # time (under load); pure logic, over the in-memory backend.
+    backend = FakeBackend()
+    manager = InstanceManager(DockerRun(scope="/notebooks/crowd-%s.ipynb" % os.getpid()),
+                              backend=backend)
+    labels = {"fiddledock.scope": scope_id(manager.scope)}
+    once = backend.add(container_name("once", manager.scope), labels).id
+    never = backend.add(container_name("never", manager.scope), labels).id
+    real, empty = backend.stats, set()
+
+    def stats(container_id):
+        if container_id == never or container_id not in empty:
+            empty.add(container_id)
+            return Usage(memory_used=None, cpu_percent=None)
+        return real(container_id)
+    backend.stats = stats
+    try:
+        rows = {row.name: row for row in manager.statuses()}
+    finally:
+        manager.close()
+    assert rows["once"].memory_used == 10 << 20 and "no stats" not in rows["once"].note
+    assert rows["never"].memory_used is None
+    assert rows["never"].note == "no stats: the engine gave no figures for it this time"
