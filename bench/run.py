@@ -711,6 +711,7 @@ class Bench:
         sections.append(__import__("runsc_flags").section(self))  # own private engine; bench/runsc_flags.py
         sections.append(__import__("start").section(self))  # bench/start.py
         sections.append(__import__("memory").section(self))  # bench/memory.py: --only memory
+        sections.append(__import__("crowd").section(self))  # bench/crowd.py: --only crowd
         only = set(self.args.only or [])
         for section in sections:
             if only and section.__name__.replace("section_", "") not in only:

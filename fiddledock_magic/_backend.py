@@ -16,11 +16,14 @@ gone is not an error where a method says so.
 """
 
 import abc
+import concurrent.futures
 import dataclasses
 import datetime
 from typing import Dict, List, Optional
 
 from ._errors import FiddleDockError
+
+SIDE_BY_SIDE = 16  # threads of the default inspect_many / stats_many
 
 LABEL = "fiddledock"  # every container of ours carries fiddledock=1
 PING_TIMEOUT = 3.0  # seconds "does the engine answer at all" may take
@@ -173,6 +176,22 @@ class Backend(abc.ABC):
     def stats(self, container_id):
         """One ``Usage`` sample of a running container (may take about a second)."""
 
+    # Many containers at once (``list`` and the panel). These defaults ask one
+    # container at a time, a few side by side; a backend may do better.
+    def inspect_many(self, container_ids):
+        """``{id: Container, or None if it is gone}`` for each of ``container_ids``."""
+        return dict(zip(container_ids, _side_by_side(self.inspect, container_ids)))
+
+    def stats_many(self, container_ids):
+        """``{id: Usage, or the exception that says why it has no sample}`` for each
+        running container of ``container_ids``."""
+        def sample(container_id):
+            try:
+                return self.stats(container_id)
+            except Exception as exc:  # stopping right now, a runtime without stats
+                return exc
+        return dict(zip(container_ids, _side_by_side(sample, container_ids)))
+
     # --- streams into a container ---------------------------------------------------
     @abc.abstractmethod
     def exec_socket(self, container_id, cmd, user=None, workdir=None):
@@ -193,3 +212,11 @@ class Backend(abc.ABC):
     def attach(self, container_id):
         """``(socket, keepalive)`` attached to the container's main process's
         stdin, stdout and stderr (multiplexed as for ``exec_socket``)."""
+
+
+def _side_by_side(fn, items):
+    """``[fn(item) for item in items]``, a few at a time on short-lived threads."""
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(min(SIDE_BY_SIDE, len(items))) as pool:
+        return list(pool.map(fn, items))

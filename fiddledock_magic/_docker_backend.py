@@ -20,6 +20,7 @@ import requests.exceptions
 import urllib3.exceptions
 
 from ._backend import LABEL, PING_TIMEOUT, Backend, Container, Usage
+from ._docker_fanout import get_many
 from ._docker_images import DockerImages
 from ._errors import EngineError, EngineUnavailable, FiddleDockError, ImageNotFound, short_error
 from ._spec import shown
@@ -30,6 +31,9 @@ from ._spec import shown
 QUICK_TIMEOUT = 5.0    # inspect, list, info, rename, exec inspect
 CHANGE_TIMEOUT = 30.0  # create, start, kill, remove, exec create: seconds on a loaded machine
 STATS_TIMEOUT = 15.0   # one stats sample waits for two readings, about a second apart
+# A one-shot sample (one reading) gets its CPU figure from this kernel's previous
+# reading of the container, if at most this many seconds old; else from two readings.
+CPU_WINDOW = 60.0
 CONNECT_TIMEOUT = 5.0  # opening a raw socket to the engine
 UPGRADE_TIMEOUT = 30   # seconds for the engine to answer an attach or exec request
 MAX_CONNECTIONS = 32  # HTTP connections kept per engine client
@@ -128,19 +132,36 @@ def memory_used(stats):
     return max(0, int(usage) - int(inactive or 0))
 
 
-def cpu_percent(stats):
-    """CPU use over the sample's interval, 100 = one core (like `docker stats`)."""
-    cpu = (stats or {}).get("cpu_stats") or {}
-    pre = (stats or {}).get("precpu_stats") or {}
+def cpu_reading(cpu):
+    """``(container's CPU ns, host's CPU ns, cores)`` of a sample's ``cpu_stats``
+    (or ``precpu_stats``); None when it has none (a one-shot sample's precpu)."""
     try:
-        cpu_delta = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
-        system_delta = cpu["system_cpu_usage"] - pre["system_cpu_usage"]
-    except (KeyError, TypeError):
+        cores = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
+        return int(cpu["cpu_usage"]["total_usage"]), int(cpu["system_cpu_usage"]), cores
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
-    if system_delta <= 0 or cpu_delta < 0:
-        return 0.0 if system_delta > 0 else None
-    cores = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
-    return cpu_delta / system_delta * cores * 100.0
+
+
+def cpu_between(before, after):
+    """CPU use between two readings (``cpu_reading``), 100 = one core (like `docker stats`)."""
+    if before is None or after is None:
+        return None
+    cpu_delta, system_delta = after[0] - before[0], after[1] - before[1]
+    if system_delta <= 0 or cpu_delta < 0:  # the same reading, or a restarted container
+        return None
+    return cpu_delta / system_delta * after[2] * 100.0
+
+
+def cpu_percent(stats):
+    """CPU use over the sample's own interval (its precpu), 100 = one core."""
+    stats = stats or {}
+    return cpu_between(cpu_reading(stats.get("precpu_stats")), cpu_reading(stats.get("cpu_stats")))
+
+
+def _explanation(answer):
+    """The engine's reason in an error answer ({"message": ...})."""
+    message = answer.get("message") if isinstance(answer, dict) else None
+    return str(message or "the engine gave no reason")[:300]
 
 
 class DockerBackend(Backend):
@@ -155,6 +176,7 @@ class DockerBackend(Backend):
         self._from_env = client is None
         self.address = address
         self._info = None
+        self._readings = {}  # container id -> (monotonic time, cpu_reading) of its last sample
 
     def clone(self):
         return DockerBackend() if self._from_env else DockerBackend(self._client, self.address)
@@ -163,8 +185,9 @@ class DockerBackend(Backend):
         """The docker-py client (made on first use); for this module only."""
         if self._client is None:
             try:
-                # Room for `list` to sample many containers side by side. The
-                # timeout covers the version check made while connecting.
+                # Room for calls made side by side (a cell on many instances,
+                # a backend's default inspect_many). The timeout covers the
+                # version check made while connecting.
                 client = docker.from_env(max_pool_size=MAX_CONNECTIONS, timeout=QUICK_TIMEOUT)
             except docker.errors.DockerException as exc:
                 raise _engine_error(exc, QUICK_TIMEOUT) from None
@@ -301,6 +324,72 @@ class DockerBackend(Backend):
         sample = self.call(self._api.stats, container_id, stream=False, within=STATS_TIMEOUT)
         return Usage(memory_used(sample), cpu_percent(sample))
 
+    # --- many containers at once (see _docker_fanout) ---------------------------
+    def _get_many(self, paths, within):
+        """``{path: (status, JSON)}``, or None when the transport is not a raw socket."""
+        if self._raw_socket_kind() is None:
+            return None
+        prefix = "/v%s" % self._api._version
+        answers = get_many(self._raw_socket, [prefix + p for p in paths], within,
+                           lambda exc: _engine_error(exc, within, self.address))
+        return {path: answers[prefix + path] for path in paths}
+
+    def inspect_many(self, container_ids):
+        answers = self._get_many(["/containers/%s/json" % i for i in container_ids],
+                                 QUICK_TIMEOUT)
+        if answers is None:
+            return super().inspect_many(container_ids)
+        found = {}
+        for cid in container_ids:
+            answer = answers["/containers/%s/json" % cid]
+            if isinstance(answer, Exception):
+                raise answer
+            status, info = answer
+            if status == 404:
+                found[cid] = None
+            elif status >= 400 or not isinstance(info, dict):
+                raise EngineError(status, _explanation(info))
+            else:
+                found[cid] = container_of_inspect(info)
+        return found
+
+    def stats_many(self, container_ids):
+        """One sample of each, all in one of the engine's sampling rounds.
+
+        One-shot (one reading) where this kernel read the container's CPU
+        less than ``CPU_WINDOW`` s ago: the CPU figure is its use since then.
+        Otherwise the engine takes two readings (one round more) for it.
+        """
+        now = time.monotonic()
+        seen = {cid: reading for cid, (when, reading) in self._readings.items()
+                if now - when <= CPU_WINDOW}
+        paths = {cid: "/containers/%s/stats?stream=0%s" % (cid, "&one-shot=1" if cid in seen
+                                                             else "")
+                 for cid in container_ids}
+        answers = self._get_many(list(paths.values()), STATS_TIMEOUT)
+        if answers is None:
+            return super().stats_many(container_ids)
+        self._readings = {cid: kept for cid, kept in self._readings.items()
+                          if now - kept[0] <= CPU_WINDOW}
+        samples = {}
+        for cid in container_ids:
+            answer = answers[paths[cid]]
+            if isinstance(answer, Exception):
+                samples[cid] = answer
+                continue
+            status, sample = answer
+            if status >= 400 or not isinstance(sample, dict):
+                samples[cid] = EngineError(status, _explanation(sample))
+                continue
+            reading = cpu_reading(sample.get("cpu_stats"))
+            cpu = cpu_percent(sample)
+            if cpu is None:
+                cpu = cpu_between(seen.get(cid), reading)
+            if reading is not None:
+                self._readings[cid] = (time.monotonic(), reading)
+            samples[cid] = Usage(memory_used(sample), cpu)
+        return samples
+
     # --- streams into a container (agent channels, file transfers) -------------
     def exec_socket(self, container_id, cmd, user=None, workdir=None):
         # Files go this way too: the archive endpoints do not see an
@@ -330,24 +419,38 @@ class DockerBackend(Backend):
                 return None
             time.sleep(0.02)
 
+    def _raw_socket_kind(self):
+        """'unix' or 'tcp' when this module can open raw sockets to the engine, else None."""
+        base = self._api.base_url
+        if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
+            return "unix"
+        return "tcp" if base.startswith("http://") else None
+
+    def _raw_socket(self):
+        """A new socket to the engine (unix or plain tcp; see ``_raw_socket_kind``)."""
+        if self._raw_socket_kind() == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(CONNECT_TIMEOUT)
+                sock.connect(self._unix_path())
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        url = urllib.parse.urlsplit(self._api.base_url)
+        sock = socket.create_connection((url.hostname, url.port or 2375), timeout=CONNECT_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
     def _raw_upgrade(self, path, body):
         """POST path with an HTTP upgrade, reading the response header byte by byte.
 
         None for transports other than unix or plain tcp (docker-py serves those).
         """
-        base = self._api.base_url
+        if self._raw_socket_kind() is None:
+            return None
         try:
-            if base.startswith("http+docker://localhost") or base.startswith("http+unix://"):
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(CONNECT_TIMEOUT)
-                sock.connect(self._unix_path())
-            elif base.startswith("http://"):
-                url = urllib.parse.urlsplit(base)
-                sock = socket.create_connection((url.hostname, url.port or 2375),
-                                                timeout=CONNECT_TIMEOUT)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            else:
-                return None
+            sock = self._raw_socket()
         except OSError as exc:
             raise _engine_error(exc, None, self.address) from None
         request = ("POST %s HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\n"

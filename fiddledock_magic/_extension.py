@@ -6,11 +6,28 @@ from ._magics import DockerRunMagics
 from ._panel_model import close_model_of
 
 _STATE = "_fiddledock_state"
+# Each instance holds one socket to the engine: room for thousands. Not the hard
+# limit itself when that is huge: programs the kernel starts inherit the limit,
+# and some close every possible descriptor when they start.
+OPEN_FILES = 65536
+
+
+def raise_open_files_limit():
+    """The soft limit on open descriptors up to OPEN_FILES (the hard limit permitting)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):  # Windows; a limit this process may not change
+        pass
 
 
 def load_ipython_extension(shell):
     if getattr(shell, _STATE, None) is not None:
         return
+    raise_open_files_limit()
     config = DockerRun(parent=shell)
     shell.configurables.append(config)
     manager = InstanceManager(config)

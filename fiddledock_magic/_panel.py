@@ -16,10 +16,12 @@ import datetime
 import ipywidgets as widgets
 
 from ._errors import short_error
+from ._pacing import give_way
 from ._panel_batch import cells_ended, counted, listed
 from ._panel_model import FIELDS, model_for
 from ._panel_rows import (SPAN, InstanceRow, beside_cells, button, esc, header, on_cluster,
                           spinning, table, tick)
+from ._status import format_duration
 
 PLACEHOLDERS = {"name": "e.g. alice", "cpus": "cores", "pids": "processes"}
 LABELS = {"name": "name", "image": "image", "memory": "memory", "cpus": "CPUs",
@@ -51,6 +53,7 @@ class InstancePanel(widgets.VBox):
     def __init__(self, model):
         self.model = model
         self.rows = {}  # name -> InstanceRow
+        self._drawn = {}  # name -> what its row was last drawn from (unchanged: not drawn again)
         # header
         self.title = widgets.HTML("<b style='font-size:1.15em'>FiddleDock instances</b>",
                                   layout=widgets.Layout(margin="0 16px 0 0"))
@@ -192,22 +195,24 @@ class InstancePanel(widgets.VBox):
     # --- drawing (any thread; the model serializes the calls) ---------------------
     @_drawing
     def _draw_rows(self, change=None):
+        # With many rows, what one cell or one action changed redraws its row only:
+        # a cell's end (its result) must not cost a pass over every row.
         m = self.model
-        wanted = []
-        selected = set(m.selected)
-        for row in m.statuses:
-            r = self.rows.get(row.name)
-            if r is None:
-                r = self.rows[row.name] = InstanceRow(self, row.name)
-            r.show(row, row.name == m.default_instance, m.confirming.get(row.name, ""),
-                   m.activities.get(row.name, ""), row.name in selected, m.menu == row.name,
-                   m.results.get(row.name))
-            wanted.append(r)
-        for name in list(self.rows):
-            if name not in {r.name for r in wanted}:
-                self.rows.pop(name).close()
-        if tuple(self.table.children) != tuple(wanted):
-            self.table.children = wanted
+        what = change["name"] if change else None
+        if what == "results" and self._drawn:
+            old, new = change["old"], change["new"]
+            names = {n for n in set(old) | set(new) if old.get(n) != new.get(n)}
+            self._draw_each([row for row in m.statuses if row.name in names and
+                             row.name in self.rows])
+        elif what != "refreshed_at":  # that changes only the text of an empty table
+            wanted = self._draw_each(m.statuses)
+            names = {r.name for r in wanted}
+            for name in list(self.rows):
+                if name not in names:
+                    self.rows.pop(name).close()
+                    self._drawn.pop(name, None)
+            if tuple(self.table.children) != tuple(wanted):
+                self.table.children = wanted
         if m.statuses:
             empty = ""
         elif m.refreshed_at:
@@ -217,6 +222,27 @@ class InstancePanel(widgets.VBox):
             empty = "<i>Reading the instances...</i>"
         if self.empty.value != empty:
             self.empty.value = empty
+
+    def _draw_each(self, rows):
+        """Draw each of ``rows`` (InstanceStatus) whose inputs changed; their InstanceRows."""
+        m = self.model
+        default, confirming, activities = m.default_instance, m.confirming, m.activities
+        selected, menu, results = set(m.selected), m.menu, m.results
+        drawn = []
+        for row in rows:
+            r = self.rows.get(row.name)
+            if r is None:
+                r = self.rows[row.name] = InstanceRow(self, row.name)
+            args = (row, row.name == default, confirming.get(row.name, ""),
+                    activities.get(row.name, ""), row.name in selected, menu == row.name,
+                    results.get(row.name))
+            key = args + (format_duration(row.uptime),)
+            if self._drawn.get(row.name) != key:
+                r.show(*args)
+                self._drawn[row.name] = key
+                give_way()  # drawn from the refresh thread: a cell waiting goes first
+            drawn.append(r)
+        return drawn
 
     @_drawing
     def _draw_selection(self, change=None):

@@ -8,6 +8,7 @@ Each connection is this client's own byte stream to the agent (see the
 transport section there), so nothing another client sends can reach it.
 """
 
+import math
 import select
 import socket
 import struct
@@ -55,6 +56,19 @@ class StreamDemux:
             pos += size_of_header + size
         del buf[:pos]
         return out
+
+
+def readable(sock, timeout):
+    """Whether ``sock`` has bytes (or its end) to read within ``timeout`` s.
+
+    poll, not select: select() cannot watch a descriptor numbered 1024 or
+    more, which a kernel with many instances and a raised limit may hand out.
+    """
+    if not hasattr(select, "poll"):  # Windows
+        return bool(select.select([sock], [], [], timeout)[0])
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(math.ceil(timeout * 1000)))
 
 
 def close_quietly(sock, keepalive=None):
@@ -111,8 +125,7 @@ class AgentConnection:
                 raise ConnectionClosed("the container's stream ended")
             if timeout is not None:
                 wait = deadline - time.monotonic()
-                readable, _, _ = select.select([self.sock], [], [], max(0.0, wait))
-                if not readable:
+                if not readable(self.sock, max(0.0, wait)):
                     return None
             try:
                 data = self.sock.recv(1 << 18)
@@ -136,10 +149,10 @@ class AgentConnection:
         """
         if not self.closed and not self._ready:
             try:
-                readable, _, _ = select.select([self.sock], [], [], 0)
+                waiting = readable(self.sock, 0)
             except (OSError, ValueError):
-                readable = True
-            if not readable:
+                waiting = True
+            if not waiting:
                 return True
         self.close()
         return False

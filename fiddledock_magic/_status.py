@@ -44,7 +44,7 @@ class InstanceStatus:
 
 # --- asking the backend ----------------------------------------------------------
 
-STATUS_THREADS = 32  # stats samples take ~1 s each on the engine: run them side by side
+PROBE_THREADS = 8  # agents asked "idle?" side by side while the engine samples
 
 # Exit codes of a container that was stopped rather than crashed: clean exit,
 # SIGINT, SIGKILL and SIGTERM (docker stop).
@@ -68,28 +68,50 @@ def statuses(backend, named, instances, default_instance=None):
     """One InstanceStatus per ``(name, container)`` of ``named``, sorted by name.
 
     ``instances``: name -> Instance connected in this kernel (its agent is
-    asked whether it is idle). The engine's stats take about a second per
-    sample, so the containers are inspected, sampled and probed side by side.
+    asked whether it is idle). The containers are inspected in one go, then
+    the running ones sampled in one go (``Backend.stats_many``: the engine's
+    stats take up to a second, the same second for all), while a few
+    threads ask this kernel's agents whether they are idle.
     """
     if not named:
         return []
+    infos = backend.inspect_many([container.id for _, container in named])
+    running = [(name, infos[c.id]) for name, c in named
+               if infos.get(c.id) is not None and infos[c.id].running]
+    probed = [(name, instances[name]) for name, info in running
+              if name in instances and instances[name].container_id == info.id]
+    answers = {}
+    if probed:
+        with concurrent.futures.ThreadPoolExecutor(min(PROBE_THREADS, len(probed))) as pool:
+            asked = {name: pool.submit(inst.probe) for name, inst in probed}
+            usages = _samples(backend, [info.id for _, info in running])
+            answers = {name: future.result() for name, future in asked.items()}
+    else:
+        usages = _samples(backend, [info.id for _, info in running]) if running else {}
+    rows = []
+    for name, container in named:
+        info = infos.get(container.id)
+        if info is not None:  # None: removed while we looked
+            rows.append(_row(name, info, usages.get(info.id), answers.get(name),
+                             name == default_instance))
+    return sorted(rows, key=lambda r: r.name)
 
-    def status_of(item):
-        return status_of_container(backend, item[0], item[1].id, instances.get(item[0]),
-                                   item[0] == default_instance)
 
-    workers = min(STATUS_THREADS, len(named))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(status_of, named))
-    return sorted((r for r in results if r is not None), key=lambda r: r.name)
+def _samples(backend, container_ids):
+    """``Backend.stats_many``, asked once more for the containers it gave an empty
+    sample of: the engine sends one when reading a container's figures failed
+    this time (under load, say), not only when it is stopping."""
+    usages = backend.stats_many(container_ids)
+    empty = [cid for cid in container_ids if getattr(usages.get(cid), "memory_used", 0) is None]
+    if empty:
+        usages.update(backend.stats_many(empty))
+    return usages
 
 
-def status_of_container(backend, name, container_id, inst=None, is_default=False):
-    """The InstanceStatus of instance ``name`` (None if its container is gone);
-    ``inst``: its Instance in this kernel, if any."""
-    info = backend.inspect(container_id)
-    if info is None:  # removed while we looked
-        return None
+def _row(name, info, usage, answer, is_default):
+    """The InstanceStatus of ``info`` (a ``_backend.Container``); ``usage``: its
+    ``Usage`` or why it has none; ``answer``: its agent's 'ready' or 'busy'
+    (None: not connected in this kernel)."""
     row = InstanceStatus(
         name=name,
         image=info.labels.get("fiddledock.image") or info.image,
@@ -106,15 +128,13 @@ def status_of_container(backend, name, container_id, inst=None, is_default=False
     if not info.running:
         row.status, row.note = stopped_status(info)
         return row
-    try:
-        sample = backend.stats(info.id)
-        row.memory_used = sample.memory_used
-        row.cpu_percent = sample.cpu_percent
-    except Exception as exc:  # a container stopping right now, a runtime without stats
-        row.note = "no stats: %s" % str(exc).splitlines()[0][:100] if str(exc) else ""
-    answer = None
-    if inst is not None and inst.container_id == info.id:
-        answer = inst.probe()
+    if isinstance(usage, Exception):  # a container stopping right now, a runtime without stats
+        row.note = "no stats: %s" % str(usage).splitlines()[0][:100] if str(usage) else ""
+    elif usage is not None:
+        row.memory_used = usage.memory_used
+        row.cpu_percent = usage.cpu_percent
+        if usage.memory_used is None:
+            row.note = "no stats: the engine gave no figures for it this time"
     if answer is None:
         row.status = "not connected"
         if not row.note:
