@@ -160,7 +160,17 @@ class Instance:
 
     def alive(self):
         with self.lock:
-            return connection_alive(self.connection)
+            if not connection_alive(self.connection):
+                return False
+        # Under gVisor a dead sandbox's exec stream stays open: the engine knows.
+        return not self._watch_engine or self._running()
+
+    def _running(self):
+        try:
+            container = self.backend.inspect(self.container_id)
+        except FiddleDockError:  # a slow engine: the cell finds out
+            return True
+        return container is not None and container.running
 
     def idle(self):
         """True when no cell or probe of this kernel is using the connection."""
@@ -389,11 +399,7 @@ class Instance:
 
     def _check_running(self, conn):
         """End the cell if its container stopped while its channel stays open."""
-        try:
-            container = self.backend.inspect(self.container_id)
-        except FiddleDockError:  # a slow engine: the cell's deadline still holds
-            return
-        if container is None or not container.running:
+        if not self._running():  # a slow engine counts as running: the deadline holds
             self.disconnect()
             raise InstanceLost(self.name, self._why_dead(conn))
 

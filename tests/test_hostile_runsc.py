@@ -10,7 +10,7 @@ import pytest
 
 from conftest import missing
 from fiddledock_magic import CellTimeout, InstanceLost
-from test_hostile import container_of, create  # noqa: F401 (a fixture)
+from test_hostile import config, container_of, create, rendered  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -72,3 +72,18 @@ def test_docker_kill_between_cells_then_the_next_cell_restarts(run, gvisor, uniq
     _, out, err = run("print('x' in globals())", unique_name)
     assert out == "False\n"
     assert "restarted it" in err and "state is lost" in err
+
+
+def test_child_process_ignoring_sigint_is_killed_and_the_namespace_kept(run, gvisor, unique_name,
+                                                                        config):  # noqa: F811
+    # gVisor's /proc has no SigIgn: the agent cannot see the worker waiting in os.system().
+    gvisor(unique_name)
+    config(interrupt_grace=1.0)
+    run("kept = 'yes'", unique_name)
+    code = "import os\nos.system('trap \"\" INT TERM; while :; do :; done')\nprint('not reached')"
+    with pytest.raises(CellTimeout) as info:
+        run(code, unique_name, "--timeout 1")
+    text = rendered(info.value)
+    assert "the processes it started were ended; its variables are kept" in text
+    assert "\nnot reached" not in text  # never printed (the traceback shows the line)
+    assert run("print(kept)", unique_name)[1] == "yes\n"
