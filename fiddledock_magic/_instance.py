@@ -94,13 +94,15 @@ def describe_stop(container):
     if container.node_gone:
         return ("the node running it, %s, is gone (down, or its engine cannot be reached)"
                 % container.node)
+    limit = " (limit %s)" % format_size(container.memory_limit) if container.memory_limit else ""
+    if container.oom_killed and gvisor(container):
+        return ("it ran out of memory%s and was stopped: under gVisor the host ends the "
+                "whole sandbox (its own memory counts too)" % limit)
     if container.oom_killed:
         return "it ran out of memory and was stopped"
     if container.state == "exited" and container.exit_code == 137 and gvisor(container):
-        limit = container.memory_limit
         return ("it was killed (exit code 137; under gVisor running out of memory%s "
-                "ends an instance so: the host ends the whole sandbox)"
-                % (" (limit %s)" % format_size(limit) if limit else ""))
+                "ends an instance so: the host ends the whole sandbox)" % limit)
     if container.state == "exited":
         return "it had stopped (exit code %s)" % container.exit_code
     state = container.state or "stopped"
