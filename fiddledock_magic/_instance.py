@@ -101,8 +101,8 @@ def describe_stop(container):
     if container.oom_killed:
         return "it ran out of memory and was stopped"
     if container.state == "exited" and container.exit_code == 137 and gvisor(container):
-        return ("it was killed (exit code 137; under gVisor running out of memory%s "
-                "ends an instance so: the host ends the whole sandbox)" % limit)
+        return ("it had stopped (exit code 137: killed; under gVisor running out of "
+                "memory%s also ends the whole sandbox so)" % limit)
     if container.state == "exited":
         return "it had stopped (exit code %s)" % container.exit_code
     state = container.state or "stopped"
