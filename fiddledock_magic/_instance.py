@@ -10,6 +10,7 @@ creating and removing instances is ``_manager.InstanceManager``'s job.
 import getpass
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from fiddledock_agent.protocol import METADATA_KEY
 from ._agent_files import boot_payload, relay_source
 from ._budget import Flood, cell_budget
 from ._errors import (AgentError, EngineUnavailable, FiddleDockError, InstanceBusy, InstanceLost,
-                      MalformedEvent, plain_text, short_error)
+                      MalformedEvent, format_size, plain_text, short_error)
 from ._events import BadEvent, done_header, read_event
 from ._interrupt_latch import InterruptLatch
 from ._protocol import VERSION, AgentConnection, ConnectionClosed, ProtocolError
@@ -33,6 +34,11 @@ STOP_SETTLE = 2.0  # how long a container whose channel ended may take to show a
 CONTROL_TIMEOUT = 15.0  # a forced reset ends a cell first: the agent's kill wait, and more
 AGENT_USER = "0"  # relays run as the agent's uid: the only peers it accepts
 GIVEN_UP_WAIT = 60.0  # s the next cell waits for a cell given up on a silent engine
+# Under gVisor a dead sandbox (the host's out-of-memory killer ends its Sentry)
+# leaves the exec's stream open: a cell silent this long asks the engine.
+SILENT_CHECK = 3.0
+# What runsc's exec says on stderr when its sandbox died under it: no news.
+SANDBOX_GONE = re.compile(r'in sandbox "[0-9a-f]+": urpc method "[\w.]+" failed')
 
 # Containers whose cell was given up because the engine did not answer (the
 # request may reach the agent when the engine wakes).
@@ -88,12 +94,23 @@ def describe_stop(container):
     if container.node_gone:
         return ("the node running it, %s, is gone (down, or its engine cannot be reached)"
                 % container.node)
+    limit = " (limit %s)" % format_size(container.memory_limit) if container.memory_limit else ""
+    if container.oom_killed and gvisor(container):
+        return ("it ran out of memory%s and was stopped: under gVisor the host ends the "
+                "whole sandbox (its own memory counts too)" % limit)
     if container.oom_killed:
         return "it ran out of memory and was stopped"
+    if container.state == "exited" and container.exit_code == 137 and gvisor(container):
+        return ("it had stopped (exit code 137: killed; under gVisor running out of "
+                "memory%s also ends the whole sandbox so)" % limit)
     if container.state == "exited":
         return "it had stopped (exit code %s)" % container.exit_code
     state = container.state or "stopped"
     return "it " + _STATE_WORDS.get(state, "is %s" % state)
+
+
+def gvisor(container):
+    return container.labels.get("fiddledock.runtime") == "runsc"
 
 
 # The engine's container states, as a sentence's end ("it ...").
@@ -135,6 +152,7 @@ class Instance:
         # under a running cell ("restarted from the panel"): the cell's message.
         self.ended_by = None
         self._cell_ids = itertools.count(1)
+        self._watch_engine = gvisor(container)
 
     def adopt(self, name, backend):
         """A pooled instance becomes instance ``name``, used through ``backend``
@@ -144,7 +162,17 @@ class Instance:
 
     def alive(self):
         with self.lock:
-            return connection_alive(self.connection)
+            if not connection_alive(self.connection):
+                return False
+        # Under gVisor a dead sandbox's exec stream stays open: the engine knows.
+        return not self._watch_engine or self._running()
+
+    def _running(self):
+        try:
+            container = self.backend.inspect(self.container_id)
+        except FiddleDockError:  # a slow engine: the cell finds out
+            return True
+        return container is not None and container.running
 
     def idle(self):
         """True when no cell or probe of this kernel is using the connection."""
@@ -253,7 +281,7 @@ class Instance:
         else:
             reason = describe_stop(container)
         detail = bytes(conn.agent_stderr).decode("utf-8", "replace").strip() if conn else ""
-        if detail:
+        if detail and not SANDBOX_GONE.search(detail):
             reason += ": " + plain_text(detail.splitlines()[-1], 300)
         return reason
 
@@ -330,6 +358,7 @@ class Instance:
         answer_by = started + timeout + 2 * grace + DEADLINE_SLACK if timeout else None
         interrupts = 0
         kill_asked = None
+        heard = started
         with InterruptLatch() as latch:
             while True:
                 try:
@@ -344,7 +373,11 @@ class Instance:
                         self._stop_wedged(started + self._input_wait, timeout, kill_asked)
                     frame = conn.recv(timeout=latch.poll or 1.0)
                     if frame is None:
+                        if self._watch_engine and time.monotonic() - heard > SILENT_CHECK:
+                            heard = time.monotonic()
+                            self._check_running(conn)
                         continue
+                    heard = time.monotonic()
                     done = self._on_event(frame, cell_id, handler, latch, budget)
                     if done is not None:
                         return done
@@ -365,6 +398,12 @@ class Instance:
                 except Flood as exc:
                     self._stop("its agent kept sending far past this cell's limits (%s), "
                                "so its container was stopped" % exc)
+
+    def _check_running(self, conn):
+        """End the cell if its container stopped while its channel stays open."""
+        if not self._running():  # a slow engine counts as running: the deadline holds
+            self.disconnect()
+            raise InstanceLost(self.name, self._why_dead(conn))
 
     def _stop_wedged(self, started, timeout, kill_asked):
         """The agent did not end the cell in time: stop its container.

@@ -33,6 +33,8 @@ MAX_CPUS = 256
 SHM_MAX = 64 << 20  # /dev/shm: Docker's own default size, or the disk size if smaller
 FILE_PAGE = 4096  # a folder holds at most one file per page of its size ...
 FILES_MEMORY_SHARE = 4  # ... and per page of a quarter of the memory (each file costs ~1 KiB)
+RUNSC_TASKS_PER_PID = 32  # host tasks gVisor's Sentry may need per process (a busy one: ~22)
+RUNSC_TASKS = 256  # ... and for itself
 MIN_FILES = 1024
 CONTAINER_PREFIX = "fiddledock-"
 # Pool containers: a prefix no instance's container name can have, so a pooled
@@ -317,4 +319,12 @@ class InstanceSpec:
         }
         if self.runtime != "runc":
             host_config["runtime"] = self.runtime
+        if self.runtime == "runsc":
+            # The engine's pids limit counts the host tasks of gVisor's Sentry (5
+            # per sleeping process of a cell, ~22 per busy one, ~40 of its own),
+            # and the sandbox dies (exit 2) when it cannot make one. gVisor enforces
+            # the cell's limit itself, as RLIMIT_NPROC of the cell's user (the agent,
+            # root, is exempt).
+            host_config["pids_limit"] = self.pids * RUNSC_TASKS_PER_PID + RUNSC_TASKS
+            host_config["ulimits"].append({"Name": "nproc", "Soft": self.pids, "Hard": self.pids})
         return config, host_config

@@ -85,16 +85,17 @@ def tmpfs_used(paths):
     return total
 
 
-def ignores_sigint(pid):
-    """Whether pid ignores SIGINT right now (os.system() does while it waits)."""
+def ignores_sigint(pid, unknown=False):
+    """Whether pid ignores SIGINT right now (os.system() does while it waits);
+    ``unknown`` when the kernel does not say (gVisor's status has no SigIgn)."""
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
                 if line.startswith("SigIgn:"):
                     return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
     except (OSError, ValueError, IndexError):
-        pass
-    return False
+        return False
+    return unknown
 
 
 def _is_zombie(pid):

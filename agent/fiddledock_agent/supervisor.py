@@ -426,9 +426,16 @@ class Supervisor:
             return
         if cell.stage == SIGINT_SENT:
             cell.stage = OTHERS_KILLED
+            # A worker in os.system() ignores the SIGINT; its nudge goes before the
+            # kill, so it acts as soon as the call returns (once the children are
+            # gone the next line may have run). gVisor cannot tell: nudged anyway.
+            in_system = probes.ignores_sigint(self.worker.pid, unknown=True)
+            if in_system:
+                self.worker.signal(interrupts.NUDGE, group=False)
             cell.children_killed = self.workers.kill_children()
             if cell.children_killed:  # the worker may just be waiting for them
-                self._sigint()
+                if not in_system:
+                    self._sigint()
                 cell.kill_at = time.monotonic() + self._grace()
                 return
         self._worker_died(notices.did_not_stop(
