@@ -15,6 +15,7 @@ import time
 import urllib.parse
 
 import docker
+from docker.constants import MINIMUM_DOCKER_API_VERSION
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
@@ -188,7 +189,15 @@ class DockerBackend(Backend):
                 # Room for calls made side by side (a cell on many instances,
                 # a backend's default inspect_many). The timeout covers the
                 # version check made while connecting.
-                client = docker.from_env(max_pool_size=MAX_CONNECTIONS, timeout=QUICK_TIMEOUT)
+                tls = bool(docker.utils.kwargs_from_env().get("tls"))
+                client = docker.from_env(max_pool_size=MAX_CONNECTIONS, timeout=QUICK_TIMEOUT,
+                                         version=MINIMUM_DOCKER_API_VERSION if tls else None)
+                if tls:
+                    # requests lets REQUESTS_CA_BUNDLE (often set machine-wide)
+                    # override DOCKER_CERT_PATH's CA, so the engine would be checked
+                    # against the wrong one; turned off before the version check.
+                    client.api.trust_env = False
+                    client.api._version = client.api._retrieve_server_version()
             except docker.errors.DockerException as exc:
                 raise _engine_error(exc, QUICK_TIMEOUT) from None
             client.api.timeout = CHANGE_TIMEOUT  # for calls that choose none

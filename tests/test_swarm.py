@@ -376,8 +376,9 @@ for cell in ("%load_ext fiddledock_magic", '%config DockerRun.backend = "swarm"'
 
 
 def test_node_engines_over_tls_from_the_environment(cluster, tmp_path):
-    # Run where the nodes' addresses are reachable: in the manager's namespace.
-    env = dict(os.environ, DOCKER_HOST=cluster.manager, DOCKER_TLS_VERIFY="1",
+    # Run where the nodes' addresses are reachable: in the manager's namespace;
+    # the manager too is asked over TLS, at its own address.
+    env = dict(os.environ, DOCKER_HOST="tcp://%s.11:2376" % SUBNET, DOCKER_TLS_VERIFY="1",
                DOCKER_CERT_PATH=cluster.client_certs, JPY_SESSION_NAME=str(tmp_path))
     done = subprocess.run(["nsenter", "--net=/var/run/netns/%s-1" % cluster.name,
                            sys.executable, "-c", TLS_NOTEBOOK], env=env, capture_output=True,
@@ -388,6 +389,7 @@ def test_node_engines_over_tls_from_the_environment(cluster, tmp_path):
     assert row and "(%s." % SUBNET in row[0], done.stdout
     # Without the client's certificate (TLS not set up): one line naming the node engine.
     del env["DOCKER_TLS_VERIFY"], env["DOCKER_CERT_PATH"]
+    env["DOCKER_HOST"] = cluster.manager
     done = subprocess.run(["nsenter", "--net=/var/run/netns/%s-1" % cluster.name,
                            sys.executable, "-c", TLS_NOTEBOOK], env=env, capture_output=True,
                           text=True, timeout=180)
