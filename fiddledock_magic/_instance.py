@@ -24,6 +24,7 @@ from ._errors import (AgentError, EngineUnavailable, FiddleDockError, InstanceBu
                       MalformedEvent, format_size, plain_text, short_error)
 from ._events import BadEvent, done_header, read_event
 from ._interrupt_latch import InterruptLatch
+from ._pacing import cell_running
 from ._protocol import VERSION, AgentConnection, ConnectionClosed, ProtocolError
 
 DEFAULT_GRACE = 2.0  # DockerRun.interrupt_grace's default, when none is given
@@ -301,7 +302,7 @@ class Instance:
         A KeyboardInterrupt here (the notebook's interrupt button) becomes an
         interrupt in the container; a second one asks for a kill.
         """
-        with self.lock:
+        with self.lock, cell_running():
             self.running_cell = True
             try:
                 return self._after_given_up(handler, lambda: self._execute(
