@@ -92,7 +92,7 @@ def task_template(spec, command, labels, hostname, image_id, network_id, avoid_n
     return {
         "ContainerSpec": container,
         "Resources": {
-            "Limits": {"NanoCPUs": cpus, "MemoryBytes": memory, "Pids": int(spec.pids)},
+            "Limits": {"NanoCPUs": cpus, "MemoryBytes": memory, "Pids": host["pids_limit"]},
             "Reservations": {"NanoCPUs": cpus, "MemoryBytes": memory},
         },
         "RestartPolicy": {"Condition": "none", "Delay": RESTART_DELAY, "MaxAttempts": 0},
