@@ -7,10 +7,13 @@ forces a switch (5 ms), so each time a cell on the main thread comes back
 from a socket it could wait that long. ``give_way()`` between two pieces of
 such work sleeps a moment on a background thread, which hands the GIL over
 at once to a main thread waiting for it; on the main thread (`%dockerrun
-list`) it does nothing. While a cell of this kernel has been running for
-less than ``GRACE``, background work waits at ``give_way()`` for it to end:
-a warm cell takes milliseconds and then has the kernel to itself, while the
-panel of a long cell still refreshes (a second late).
+list`) it does nothing. While a cell of this kernel has been running for less
+than ``GRACE``, background work waits at ``give_way()`` for it to end: a warm
+cell takes milliseconds and then has the kernel to itself, while the panel of
+a long cell still refreshes (a second late). ``wait_for_a_pause()`` holds a
+periodic refresh back while warm cells follow each other without a rest: a
+hundred rows' stats keep the engine, which carries every cell's stream, busy
+for a moment.
 """
 
 import contextlib
@@ -22,6 +25,7 @@ GRACE = 1.0     # s: how long background work waits for a young cell
 
 _cells = threading.Condition()
 _running = {}   # a token per running cell -> when it started
+_last_end = [0.0]  # when the kernel's last cell ended (monotonic)
 
 
 @contextlib.contextmanager
@@ -35,7 +39,31 @@ def cell_running():
     finally:
         with _cells:
             del _running[token]
+            _last_end[0] = time.monotonic()
             _cells.notify_all()
+
+
+def wait_for_a_pause(quiet, at_most):
+    """Return once the kernel rests (no cell for ``quiet`` seconds) or runs a long
+    cell (one over ``GRACE`` old), or after ``at_most``: a periodic refresh is held
+    back while warm cells follow each other, and comes later all the same."""
+    deadline = time.monotonic() + at_most
+    with _cells:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if _running:
+                youngest = max(_running.values())
+                if now - youngest >= GRACE:
+                    return
+                wait = youngest + GRACE - now
+            else:
+                rested = now - _last_end[0]
+                if rested >= quiet:
+                    return
+                wait = quiet - rested
+            _cells.wait(min(wait, deadline - now))
 
 
 def give_way():

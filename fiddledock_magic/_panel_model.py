@@ -36,10 +36,13 @@ from traitlets import Bool, Dict, Enum, Float, HasTraits, List, Unicode, link
 from ._errors import short_error
 from ._outcome import STATUSES
 from ._panel_batch import Batch
+from ._pacing import wait_for_a_pause
 from ._panel_form import FIELDS, check_create_form
 from ._spec import InvalidSetting, check_name
 
 REFRESH_INTERVAL = 3.0  # seconds between refreshes while a view is on screen
+REST_BEFORE_REFRESH = 0.5       # s without a cell before a periodic refresh...
+REFRESH_AT_MOST_DEFERRED = 10.0  # ...waited for at most this long
 ACTIONS = ("restart", "reset", "delete")  # on one row, or on every selected row at once
 CONFIRMED = ("restart", "delete")  # actions that lose the instance's state ask first
 RESULTS = STATUSES  # a cell's last result
@@ -461,6 +464,10 @@ def _refresh_loop(ref):
         model = ref()
         if model is None or model._closed.is_set():
             return
+        if not model._forced and model.visible and model.live:
+            # Engine and kernel time go to cells first: a hundred rows' stats
+            # keep the engine busy for a moment that a warm cell would feel.
+            wait_for_a_pause(REST_BEFORE_REFRESH, REFRESH_AT_MOST_DEFERRED)
         if model._forced or (model.visible and model.live):
             model._forced = False
             try:

@@ -18,6 +18,7 @@ import html
 from typing import Optional
 
 from ._errors import format_size
+from ._pacing import give_way
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ def statuses(backend, named, instances, default_instance=None):
     answers = {}
     if probed:
         with concurrent.futures.ThreadPoolExecutor(min(PROBE_THREADS, len(probed))) as pool:
-            asked = {name: pool.submit(inst.probe) for name, inst in probed}
+            asked = {name: pool.submit(_probe, inst) for name, inst in probed}
             usages = _samples(backend, [info.id for _, info in running])
             answers = {name: future.result() for name, future in asked.items()}
     else:
@@ -95,6 +96,12 @@ def statuses(backend, named, instances, default_instance=None):
             rows.append(_row(name, info, usages.get(info.id), answers.get(name),
                              name == default_instance))
     return sorted(rows, key=lambda r: r.name)
+
+
+def _probe(instance):
+    """The instance's agent's answer; asked once the kernel's young cells have run."""
+    give_way()
+    return instance.probe()
 
 
 def _samples(backend, container_ids):
