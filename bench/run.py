@@ -820,7 +820,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="also profile warm cells (pyinstrument)")
     parser.add_argument("--no-gvisor", action="store_true", help="skip runsc even if registered")
     parser.add_argument("--only", nargs="*", metavar="SECTION",
-                        help="warm first first_output throughput scale gvisor")
+                        help="warm first first_output throughput scale gvisor runsc_flags start memory "
+                             "crowd")
     parser.add_argument("--out", default=os.path.join(RESULTS, "latest.json"))
     parser.add_argument("--show", metavar="JSON", help="print the tables of a saved run and exit")
     args = parser.parse_args(argv)
