@@ -585,18 +585,21 @@ def test_five_hostile_instances_leave_a_sixth_responsive(shell, run, create, uni
               % (len(rounds), sorted(rounds)[len(rounds) // 2], max(rounds)))
 
 
+FORKING_LOOP = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+# A cell that counts the live processes of the cell's user into `live`.
+COUNT_LIVE = ("import os, time\ntime.sleep(1)  # a killed process may take a moment to go\n"
+              "live = 0\nfor p in os.listdir('/proc'):\n    try:\n"
+              "        live += (p.isdigit() and os.stat('/proc/' + p).st_uid == os.getuid()\n"
+              "                 and open('/proc/%s/stat' % p).read().split()[2] != 'Z')\n"
+              "    except OSError:\n        pass\n")
+
+
 def test_forking_loop_children_are_ended_with_the_timed_out_cell(run, create, unique_name):
     """Children forked after the timeout's SIGINT must not go on burning the CPU."""
     create(unique_name, "--pids 64")
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     with pytest.raises(CellTimeout):
-        run(code, unique_name, "--timeout 2")
-    probe = ("import os, time\ntime.sleep(1)  # a killed process may take a moment to go\n"
-             "live = 0\nfor p in os.listdir('/proc'):\n    try:\n"
-             "        live += (p.isdigit() and os.stat('/proc/' + p).st_uid == os.getuid()\n"
-             "                 and open('/proc/%s/stat' % p).read().split()[2] != 'Z')\n"
-             "    except OSError:\n        pass\nprint(live)")
-    _, out, _ = run(probe, unique_name)
+        run(FORKING_LOOP, unique_name, "--timeout 2")
+    _, out, _ = run(COUNT_LIVE + "print(live)", unique_name)
     assert int(out) == 1, out  # of the cell's user, only the worker is left
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import missing
 from fiddledock_magic import CellTimeout, InstanceLost
-from test_hostile import config, container_of, create, rendered  # noqa: F401 (fixtures)
+from test_hostile import (COUNT_LIVE, FORKING_LOOP, config, container_of, create,  # noqa: F401
+                          rendered)  # config, create: fixtures
 
 
 @pytest.fixture
@@ -51,15 +52,9 @@ def test_fork_bomb_stops_at_the_process_limit_and_the_instance_stays(run, gvisor
 def test_forking_loop_is_ended_with_the_timed_out_cell(run, gvisor, unique_name):
     gvisor(unique_name, "--pids 16")
     run("x = 1", unique_name)
-    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     with pytest.raises(CellTimeout):
-        run(code, unique_name, "--timeout 2")
-    probe = ("import os, time\ntime.sleep(1)  # a killed process may take a moment to go\n"
-             "live = 0\nfor p in os.listdir('/proc'):\n    try:\n"
-             "        live += (p.isdigit() and os.stat('/proc/' + p).st_uid == os.getuid()\n"
-             "                 and open('/proc/%s/stat' % p).read().split()[2] != 'Z')\n"
-             "    except OSError:\n        pass\nprint(live, x)")
-    assert run(probe, unique_name)[1] == "1 1\n"  # only the worker is left, its namespace kept
+        run(FORKING_LOOP, unique_name, "--timeout 2")
+    assert run(COUNT_LIVE + "print(live, x)", unique_name)[1] == "1 1\n"  # only the worker is left, its namespace kept
 
 
 def test_docker_kill_between_cells_then_the_next_cell_restarts(run, gvisor, unique_name, shell,
