@@ -370,16 +370,15 @@ class DockerBackend(Backend):
         Otherwise the engine takes two readings (one round more) for it.
         """
         now = time.monotonic()
-        seen = {cid: reading for cid, (when, reading) in self._readings.items()
-                if now - when <= CPU_WINDOW}
+        self._readings = {cid: kept for cid, kept in self._readings.items()
+                          if now - kept[0] <= CPU_WINDOW}
+        seen = {cid: reading for cid, (_, reading) in self._readings.items()}
         paths = {cid: "/containers/%s/stats?stream=0%s" % (cid, "&one-shot=1" if cid in seen
                                                              else "")
                  for cid in container_ids}
         answers = self._get_many(list(paths.values()), STATS_TIMEOUT)
         if answers is None:
             return super().stats_many(container_ids)
-        self._readings = {cid: kept for cid, kept in self._readings.items()
-                          if now - kept[0] <= CPU_WINDOW}
         samples = {}
         for cid in container_ids:
             answer = answers[paths[cid]]
